@@ -1,0 +1,60 @@
+"""gram-local: a local, offline judge that runs the GRAM-RR reward-reasoning models on llama.cpp.
+
+    >>> import gram_local
+    >>> judge = gram_local.load_judge("gram-rr-3b")          # or a path to a .gguf file
+    >>> result = judge.compare("2+2?", "4", "5", swap=True)
+    >>> result.winner, result.p_a
+
+The heavy parts (llama.cpp) load on first use of `load_judge`, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "load_judge",
+    "Judge",
+    "JudgeSettings",
+    "CompareResult",
+    "VoteResult",
+    "RankResult",
+    "BestOfNResult",
+    "Judgment",
+    "PromptView",
+    "GramLocalError",
+    "InputError",
+    "ModelError",
+]
+
+_LAZY = {
+    "load_judge": "gram_local.judge",
+    "Judge": "gram_local.judge",
+    "JudgeSettings": "gram_local.judge",
+    "CompareResult": "gram_local.results",
+    "VoteResult": "gram_local.results",
+    "RankResult": "gram_local.results",
+    "BestOfNResult": "gram_local.results",
+    "Judgment": "gram_local.results",
+    "PromptView": "gram_local.results",
+    "GramLocalError": "gram_local.errors",
+    "InputError": "gram_local.errors",
+    "ModelError": "gram_local.errors",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gram_local.errors import GramLocalError, InputError, ModelError
+    from gram_local.judge import Judge, JudgeSettings, load_judge
+    from gram_local.results import BestOfNResult, CompareResult, Judgment, PromptView, RankResult, VoteResult
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gram_local' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

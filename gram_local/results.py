@@ -1,0 +1,121 @@
+"""Result types: plain dataclasses whose `to_dict()` is the JSON other tools rely on.
+
+`a`/`b` and response indices always refer to the inputs as the caller gave them (indices 0-based);
+the order a pair was shown to the model in is recorded per judgment, never leaked into verdicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Order = Literal["AB", "BA"]
+Letter = Literal["A", "B"]
+Side = Literal["a", "b"]
+Winner = Literal["a", "b", "tie"]
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class _Serializable:
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+
+@dataclass(frozen=True)
+class ModelInfo(_Serializable):
+    path: str
+    name: str | None
+    sha256: str
+    quantization: str | None
+
+
+@dataclass(frozen=True)
+class Judgment(_Serializable):
+    """One generation by the model on one ordering of one pair."""
+
+    order: Order
+    answer: Letter
+    prefers: Side
+    p_a: float
+    rationale: str
+    think_tokens: int
+    forced_close: bool
+    # For rank and best-of-n: the response indices shown as input a and input b.
+    pair: tuple[int, int] | None = None
+    # The full reply as the model produced it, `<think>` to `</answer>`.
+    output: str = ""
+
+
+@dataclass(frozen=True)
+class Comparison(_Serializable):
+    """One pair of responses in a ranking, with the verdict of its judgments."""
+
+    a: int
+    b: int
+    winner: Winner
+    p_a: float
+
+
+@dataclass
+class Timings(_Serializable):
+    seconds: float = 0.0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    prefill_tokens_per_s: float | None = None
+    decode_tokens_per_s: float | None = None
+
+
+@dataclass
+class _Common(_Serializable):
+    model: ModelInfo | None = field(default=None, kw_only=True)
+    settings: dict[str, Any] = field(default_factory=dict, kw_only=True)
+    timings: Timings = field(default_factory=Timings, kw_only=True)
+
+
+@dataclass
+class CompareResult(_Common):
+    winner: Winner
+    p_a: float
+    judgments: list[Judgment]
+
+
+@dataclass
+class VoteResult(_Common):
+    winner: Winner
+    votes: dict[str, int]
+    p_a: float
+    judgments: list[Judgment]
+
+
+@dataclass
+class RankResult(_Common):
+    ranking: list[int]
+    scores: list[float]
+    comparisons: list[Comparison]
+    judgments: list[Judgment]
+
+
+@dataclass
+class BestOfNResult(_Common):
+    best: int
+    comparisons: list[Comparison]
+    judgments: list[Judgment]
+
+
+@dataclass
+class PromptView(_Serializable):
+    text: str
+    tokens: list[int]
+    model: ModelInfo | None = None
