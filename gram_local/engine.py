@@ -451,6 +451,8 @@ class Engine:
         try:
             while queue or active:
                 while queue and len(active) < len(self._slot_tokens):
+                    if self._worth_waiting(queue[0][1].prompt, active):
+                        break
                     index, request = queue.popleft()
                     active.append(self._start(request, index, busy={s.slot for s in active}))
                 rows = self._fill_batch(active)
@@ -464,6 +466,21 @@ class Engine:
             for seq in active:
                 self._finish(seq)
         return [r for r in results if r is not None]
+
+    def _worth_waiting(self, prompt: list[int], active: list[_Sequence]) -> bool:
+        """Hold a request back while a running prefill is computing a long prefix it shares.
+
+        Requests started together (the k samples of a vote, the two orders of a pair) would
+        otherwise each evaluate the common prefix; waiting a step or two lets them copy it.
+        """
+        if not active:
+            return False
+        have = max((_common_prefix(tokens, prompt) for tokens in self._slot_tokens), default=0)
+        coming = max(
+            (_common_prefix(self._slot_tokens[s.slot] + s.pending, prompt) for s in active if not s.prompt_done),
+            default=0,
+        )
+        return coming - have >= _WAIT_FOR_PREFIX
 
     def _start(self, request: GenerationRequest, index: int, busy: set[int]) -> _Sequence:
         prompt = request.prompt
@@ -728,6 +745,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 _NGRAM = 3
+_WAIT_FOR_PREFIX = 32  # tokens of shared prefix worth waiting one prefill step for
 
 
 def _index_ngrams(seq: _Sequence, upto: int) -> None:

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-# Never let a developer's own store or hub cache leak into tests.
+import tempfile
+
+# Never let a developer's own store, hash cache or hub cache leak into (or out of) tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["GRAM_LOCAL_HOME"] = tempfile.mkdtemp(prefix="gram-local-test-home-")
 
 
 def _package_file(package: str, *parts: str) -> Path:

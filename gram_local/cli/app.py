@@ -6,6 +6,7 @@ import click
 
 from gram_local import __version__
 from gram_local.cli.judge import best_of_n, compare, doctor, prompt, rank, vote
+from gram_local.cli.models import models_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -18,5 +19,5 @@ def main() -> None:
     """
 
 
-for command in (compare, vote, rank, best_of_n, prompt, doctor):
+for command in (compare, vote, rank, best_of_n, prompt, doctor, models_group):
     main.add_command(command)

@@ -1,0 +1,88 @@
+"""SHA-256 of model files, remembered between runs.
+
+Every judging command reports the SHA-256 of the GGUF it ran, and hashing a 2-5 GB file takes seconds,
+so results are cached in a small JSON file under the store home, keyed by the file's absolute path,
+size, mtime (ns) and inode: a file rewritten in any way gets a new key. The cache is only an
+optimisation: a missing, corrupted or unwritable cache file is ignored, never an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+__all__ = ["CHUNK_SIZE", "remember_sha256", "sha256_file"]
+
+CHUNK_SIZE = 4 * 1024 * 1024
+_CACHE_NAME = "sha256-cache.json"
+_CACHE_VERSION = 1
+_CACHE_MAX_ENTRIES = 256
+
+logger = logging.getLogger(__name__)
+
+
+def sha256_file(path: str | os.PathLike[str], *, use_cache: bool = True) -> str:
+    """The hex SHA-256 of a file; `use_cache=False` re-reads it (and refreshes the cache), as `verify` must."""
+    key, stamp = _identity(path)
+    if use_cache:
+        hit = _load_cache().get(key)
+        if isinstance(hit, list) and len(hit) == 4 and hit[:3] == stamp and isinstance(hit[3], str):
+            return hit[3]
+    digest = _hash(Path(key))
+    _remember(key, stamp, digest)
+    return digest
+
+
+def remember_sha256(path: str | os.PathLike[str], digest: str) -> None:
+    """Record a digest already known for `path` (a file hashed under another name, then renamed into place)."""
+    _remember(*_identity(path), digest)
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[str, list[int]]:
+    """The cache key (absolute path) and what must not have changed since (size, mtime, inode)."""
+    resolved = Path(path).resolve()
+    st = resolved.stat()
+    return str(resolved), [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_path() -> Path:
+    # Imported here: the store module imports this one at load time.
+    from gram_local.models import store_home
+
+    return store_home() / _CACHE_NAME
+
+
+def _load_cache() -> dict[str, object]:
+    try:
+        data = json.loads(_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION or not isinstance(data.get("files"), dict):
+        return {}
+    return data["files"]
+
+
+def _remember(key: str, stamp: list[int], digest: str) -> None:
+    from gram_local.models import write_atomic
+
+    files = _load_cache()
+    files.pop(key, None)
+    files[key] = [*stamp, digest]
+    # Oldest first (insertion order): keep the most recent entries only.
+    kept = dict(list(files.items())[-_CACHE_MAX_ENTRIES:])
+    try:
+        payload = json.dumps({"version": _CACHE_VERSION, "files": kept}, indent=0)
+        write_atomic(_cache_path(), payload.encode("utf-8"))
+    except OSError as exc:
+        logger.debug("could not update the sha256 cache: %s", exc)
