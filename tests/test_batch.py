@@ -1,0 +1,448 @@
+"""Batch judging with a fake judge: records, resume, retries, settings, force, shards, limits, CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from batch_fakes import TOO_LONG, FakeJudge, Interrupting
+from click.testing import CliRunner
+
+import gram_local.cli.batch as cli_batch
+from gram_local.batch import (
+    BatchUsageError,
+    Progress,
+    SettingsMismatchError,
+    Task,
+    TaskDefaults,
+    id_key,
+    load_records,
+    parse_shard,
+    parse_tasks,
+    run_batch,
+    select,
+    shard_of,
+)
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    data = path.read_bytes()
+    assert data == b"" or data.endswith(b"\n"), "OUT must end with a whole line"
+    return [json.loads(raw) for raw in data.split(b"\n") if raw]
+
+
+def pairs(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [{"id": f"p{i}", "question": f"q{i}", "a": "x" * (i % 5 + 1), "b": "y" * 3} for i in range(start, start + n)]
+
+
+MIXED = [
+    {"id": "c1", "question": "q", "a": "long answer", "b": "short"},
+    {"id": "c2", "question": "q", "a": "s", "b": "a longer one", "swap": True},
+    {"id": "v1", "question": "q", "a": "aa", "b": "a", "votes": 3},
+    {"id": "r1", "question": "q", "responses": ["a", "ccc", "bb"], "op": "rank", "method": "round-robin"},
+    {"id": "n1", "question": "q", "responses": ["a", "ccc"], "op": "best-of-n", "swap": True},
+    {"id": "long", "question": "q", "a": "fine", "b": TOO_LONG},
+    {"id": "empty", "question": "q", "a": "", "b": "b"},
+    '{"id": "broken", "question": ',
+    {"id": "nofield", "question": "q", "a": "only a"},
+    {"question": "no id here", "a": "aaa", "b": "b"},
+]
+
+
+# ------------------------------------------------------------------------------------------ parsing
+
+
+def test_rows_parse_into_tasks_and_reasoned_errors() -> None:
+    rows = [
+        {"id": 1, "question": "q", "a": "a", "b": "b"},
+        {"id": "r", "question": "q", "responses": ["x", "y"]},
+        {"id": "r2", "question": "q", "responses": ["x"], "op": "rank"},
+        {"id": "v", "question": "q", "a": "a", "b": "b", "votes": 2, "swap": True},
+        {"id": "m", "question": "q", "a": "a", "b": "b", "method": "sort"},
+        {"id": "o", "question": "q", "a": "a", "b": "b", "op": "judge"},
+        {"id": ["bad"], "question": "q", "a": "a", "b": "b"},
+        {"id": True, "question": "q", "a": "a", "b": "b"},
+        {"id": "q", "a": "a", "b": "b"},
+        [1, 2],
+    ]
+    data = ("\n".join(json.dumps(r) for r in rows) + "\n\nnot json\n").encode()
+    tasks = parse_tasks(data)
+    assert [t.error is None for t in tasks] == [True] + [False] * 10
+    assert tasks[0].id == 1 and tasks[0].line == 1 and tasks[0].a == "a"
+    reasons = [t.error for t in tasks[1:]]
+    assert "needs 'op'" in reasons[0]
+    assert "at least 2 responses" in reasons[1]
+    assert "cannot be combined" in reasons[2]
+    assert "rank only" in reasons[3]
+    assert "'op' must be one of" in reasons[4]
+    assert "'id' must be" in reasons[5] and "'id' must be" in reasons[6]
+    assert "'question'" in reasons[7]
+    assert "JSON object" in reasons[8]
+    assert reasons[9].startswith("line 12: not valid JSON")  # the blank line 11 is skipped, not a row
+    assert str(tasks[6].id).startswith("sha256:")  # a bad id still gets a stable id for its record
+
+
+def test_rows_without_id_get_a_stable_content_id() -> None:
+    row = {"question": "q", "a": "a", "b": "b"}
+    first = parse_tasks((json.dumps(row) + "\n").encode())[0]
+    moved = parse_tasks(("\n" + json.dumps({"id": 7, "question": "z", "a": "a", "b": "b"}) + "\n" + json.dumps(row, indent=None, separators=(",", ":"))).encode())[1]
+    assert first.id == moved.id and str(first.id).startswith("sha256:") and len(str(first.id)) == 7 + 16
+    other = parse_tasks((json.dumps({**row, "b": "c"}) + "\n").encode())[0]
+    assert other.id != first.id
+
+
+def test_defaults_resolve_op_swap_votes_and_method() -> None:
+    plain = Task(id=1, question="q", a="a", b="b")
+    assert plain.resolved(TaskDefaults()).op == "compare"
+    assert plain.resolved(TaskDefaults(swap=True)).swap is True
+    assert Task(id=1, question="q", a="a", b="b", swap=False).resolved(TaskDefaults(swap=True)).swap is False
+    vote = plain.resolved(TaskDefaults(votes=5))
+    assert (vote.op, vote.votes, vote.swap) == ("vote", 5, False)
+    rank = Task(id=2, op="rank", question="q", responses=("a", "b")).resolved(TaskDefaults(method="round-robin"))
+    assert rank.method == "round-robin"
+    assert plain.resolved(TaskDefaults()).fingerprint != plain.resolved(TaskDefaults(swap=True)).fingerprint
+
+
+def test_shards_partition_ids_stably() -> None:
+    ids = [f"id-{i}" for i in range(300)] + list(range(50))
+    tasks = [Task(id=i, question="q", a="a", b="b") for i in ids]
+    shards = [select(tasks, shard=(i, 3)) for i in range(3)]
+    keys = [t.key for shard in shards for t in shard]
+    assert sorted(keys) == sorted(t.key for t in tasks)  # disjoint and complete
+    assert all(60 < len(s) < 180 for s in shards)
+    # SHA-256 of the JSON id: the same on every machine and Python (hash() is salted per process).
+    assert [shard_of("id-0", 4), shard_of(0, 4), shard_of("0", 4)] == [2, 0, 3]
+    assert select(tasks, shard=(1, 3), limit=5) == shards[1][:5]
+    assert parse_shard("2/4") == (2, 4)
+    for bad in ("4/4", "-1/2", "a/b", "1", "0/0"):
+        with pytest.raises(BatchUsageError):
+            parse_shard(bad)
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+def test_mixed_batch_writes_one_record_per_id(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", MIXED)
+    out = tmp_path / "out.jsonl"
+    judge = FakeJudge()
+    summary = run_batch(judge, src, out, chunk_size=8)
+    assert summary.exit_code == 3 and summary.failed == 4 and summary.judged == 10
+    records = {id_key(r["id"]): r for r in lines(out)}
+    assert len(records) == 10 == len(lines(out))
+    c1 = records['"c1"']
+    assert c1["status"] == "ok" and c1["op"] == "compare" and c1["winner"] == "a" and len(c1["judgments"]) == 1
+    assert set(c1["judgments"][0]) >= {"order", "answer", "prefers", "p_a", "rationale", "think_tokens", "forced_close"}
+    assert c1["run_settings"]["model_sha256"] == "f" * 64 and c1["run_settings"]["batch"]["swap"] is False
+    assert c1["model"]["sha256"] == "f" * 64 and len(c1["task_sha256"]) == 64
+    assert [j["order"] for j in records['"c2"']["judgments"]] == ["AB", "BA"]
+    assert records['"v1"']["op"] == "vote" and sum(records['"v1"']["votes"].values()) == 3
+    assert records['"r1"']["op"] == "rank" and records['"r1"']["ranking"] == [1, 2, 0]
+    assert records['"n1"']["best"] == 1
+    errors = {k: r["error"] for k, r in records.items() if r["status"] == "error"}
+    assert errors['"long"']["type"] == "ContextOverflowError" and "9000 tokens" in errors['"long"']["message"]
+    assert errors['"empty"']["type"] == "InputError"
+    assert "'a' and 'b'" in errors['"nofield"']["message"]
+    no_id = sorted((r for r in records.values() if str(r["id"]).startswith("sha256:")), key=lambda r: r["status"])
+    broken, judged = no_id  # a row that is not JSON has no id either: it gets one from its raw text
+    assert broken["line"] == 8 and broken["error"]["type"] == "InvalidRow"
+    assert "line 8: not valid JSON" in broken["error"]["message"]
+    assert judged["status"] == "ok" and judged["winner"] == "a"
+    # Comparisons reach the engine in chunks, one call per swap setting.
+    assert ("compare_many", 4) in judge.calls and ("compare_many", 1) in judge.calls
+    assert not any(name == "compare" for name, _ in judge.calls)
+
+
+def test_chunks_never_exceed_the_chunk_size(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(11))
+    judge = FakeJudge()
+    run_batch(judge, src, tmp_path / "out.jsonl", chunk_size=4)
+    assert judge.calls == [("compare_many", 4), ("compare_many", 4), ("compare_many", 3)]
+
+
+def test_resume_skips_done_ids_and_limit_takes_the_first(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(10))
+    out = tmp_path / "out.jsonl"
+    first = run_batch(FakeJudge(), src, out, limit=4)
+    assert (first.selected, first.judged) == (4, 4)
+    assert [r["id"] for r in lines(out)] == ["p0", "p1", "p2", "p3"]
+    judge = FakeJudge()
+    second = run_batch(judge, src, out)
+    assert (second.skipped, second.judged, second.exit_code) == (4, 6, 0)
+    assert sum(n for _, n in judge.calls) == 6
+    ids = [r["id"] for r in lines(out)]
+    assert sorted(ids) == sorted(f"p{i}" for i in range(10)) and len(ids) == 10
+    third = run_batch(FakeJudge(), src, out)
+    assert (third.skipped, third.judged) == (10, 0)
+
+
+def test_failed_rows_are_retried_and_replaced_not_duplicated(tmp_path: Path) -> None:
+    rows = pairs(3) + [{"id": "bad", "question": "q", "a": TOO_LONG, "b": "b"}]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    assert run_batch(FakeJudge(), src, out).exit_code == 3
+    again = run_batch(FakeJudge(), src, out)  # still failing: retried, still one record
+    assert (again.judged, again.failed, again.exit_code) == (1, 1, 3)
+    assert [r["id"] for r in lines(out)].count("bad") == 1
+    write_jsonl(src, pairs(3) + [{"id": "bad", "question": "q", "a": "fixed", "b": "b"}])
+    fixed = run_batch(FakeJudge(), src, out)
+    assert (fixed.judged, fixed.failed, fixed.exit_code) == (1, 0, 0)
+    records = lines(out)
+    assert len(records) == 4 and next(r for r in records if r["id"] == "bad")["status"] == "ok"
+
+
+def test_an_error_record_of_a_row_removed_from_the_input_goes_away(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(2) + ['{"broken'])
+    out = tmp_path / "out.jsonl"
+    run_batch(FakeJudge(), src, out)
+    assert len(lines(out)) == 3
+    write_jsonl(src, pairs(2) + [{"id": "p9", "question": "q", "a": "a", "b": "b"}])
+    assert run_batch(FakeJudge(), src, out).exit_code == 0
+    assert sorted(r["id"] for r in lines(out)) == ["p0", "p1", "p9"]
+
+
+def test_a_changed_task_is_judged_again(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(3))
+    out = tmp_path / "out.jsonl"
+    run_batch(FakeJudge(), src, out)
+    rows = pairs(3)
+    rows[1]["b"] = "a much longer response b"
+    write_jsonl(src, rows)
+    summary = run_batch(FakeJudge(), src, out)
+    assert summary.judged == 1 and any("changed" in n for n in summary.notes)
+    records = {r["id"]: r for r in lines(out)}
+    assert len(lines(out)) == 3 and records["p1"]["winner"] == "b"
+
+
+def test_other_settings_are_refused_naming_the_keys(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(3))
+    out = tmp_path / "out.jsonl"
+    run_batch(FakeJudge(), src, out, limit=2)
+    before = out.read_bytes()
+    with pytest.raises(SettingsMismatchError) as info:
+        run_batch(FakeJudge(seed=1, max_think_tokens=64), src, out)
+    assert set(info.value.differences) == {"seed", "max_think_tokens"}
+    assert "seed: 0 in OUT, 1 now" in str(info.value) and info.value.exit_code == 2
+    with pytest.raises(SettingsMismatchError) as info:
+        run_batch(FakeJudge(), src, out, defaults=TaskDefaults(swap=True))
+    assert set(info.value.differences) == {"batch.swap"}
+    assert out.read_bytes() == before
+
+
+def test_interrupt_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(10))
+    out = tmp_path / "out.jsonl"
+    summary = run_batch(Interrupting(after=4), src, out, chunk_size=3)
+    assert summary.interrupted and summary.exit_code == 130
+    assert (summary.judged, summary.remaining) == (4, 6)
+    assert len(lines(out)) == 4
+    rest = run_batch(FakeJudge(), src, out)
+    assert (rest.skipped, rest.judged, rest.exit_code) == (4, 6, 0)
+    assert sorted(r["id"] for r in lines(out)) == sorted(f"p{i}" for i in range(10))
+
+
+def test_force_replaces_out_only_when_complete_and_resumes_itself(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(8))
+    out = tmp_path / "out.jsonl"
+    run_batch(FakeJudge(), src, out)
+    before = out.read_bytes()
+    cut = run_batch(Interrupting(after=3, seed=5), src, out, force=True)
+    assert cut.interrupted and out.read_bytes() == before
+    assert any("out.jsonl is unchanged" in n for n in cut.notes)
+    partial = tmp_path / "out.jsonl.new"
+    assert len(lines(partial)) == 3
+    plain = run_batch(FakeJudge(), src, out)  # a plain rerun keeps using OUT and mentions the forced run
+    assert plain.judged == 0 and any("--force" in n for n in plain.notes)
+    judge = FakeJudge(seed=5)
+    done = run_batch(judge, src, out, force=True)
+    assert (done.skipped, done.judged) == (3, 5) and any("continuing" in n for n in done.notes)
+    assert not partial.exists()
+    records = lines(out)
+    assert len(records) == 8 and {r["run_settings"]["seed"] for r in records} == {5}
+    # A forced run with yet other settings does not continue a stale forced file: it starts it over.
+    run_batch(Interrupting(after=2, seed=6), src, out, force=True)
+    again = run_batch(FakeJudge(seed=7), src, out, force=True)
+    assert again.judged == 8 and {r["run_settings"]["seed"] for r in lines(out)} == {7}
+
+
+def test_cut_last_line_is_dropped_and_a_whole_last_record_kept(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(4))
+    out = tmp_path / "out.jsonl"
+    run_batch(FakeJudge(), src, out, limit=3)
+    data = out.read_bytes()
+    records = data.split(b"\n")[:3]
+    # The third record lost its newline only: it is whole, so kept; a half fourth line is dropped.
+    out.write_bytes(records[0] + b"\n" + records[1] + b"\n" + records[2])
+    summary = run_batch(FakeJudge(), src, out, limit=3)
+    assert summary.judged == 0 and out.read_bytes() == data
+    out.write_bytes(data + records[0][: len(records[0]) // 2])
+    summary = run_batch(FakeJudge(), src, out)
+    assert summary.judged == 1 and any("cut-off" in n for n in summary.notes)
+    assert sorted(r["id"] for r in lines(out)) == ["p0", "p1", "p2", "p3"]
+
+
+def test_duplicated_lines_in_out_keep_the_last(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(2))
+    out = tmp_path / "out.jsonl"
+    run_batch(FakeJudge(), src, out)
+    first, second = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(first + second + first + b"garbage that is not a record\n")
+    summary = run_batch(FakeJudge(), src, out)
+    assert summary.judged == 0 and any("unreadable" in n for n in summary.notes)
+    assert out.read_bytes() == second + first
+
+
+def test_duplicate_ids_in_the_input(tmp_path: Path) -> None:
+    row = {"id": "same", "question": "q", "a": "a", "b": "b"}
+    src = write_jsonl(tmp_path / "in.jsonl", [row, row, {"question": "x", "a": "a", "b": "b"}, {"question": "x", "a": "a", "b": "b"}])
+    summary = run_batch(FakeJudge(), src, tmp_path / "out.jsonl")
+    assert summary.judged == 2 and sum("judged once" in n for n in summary.notes) == 2
+    write_jsonl(src, [row, {**row, "b": "other"}])
+    with pytest.raises(BatchUsageError, match="line 1 and line 2"):
+        run_batch(FakeJudge(), src, tmp_path / "out2.jsonl")
+
+
+def test_out_that_is_not_a_batch_file_is_left_alone(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(2))
+    out = write_jsonl(tmp_path / "notes.jsonl", [{"hello": 1}, {"world": 2}])
+    before = out.read_bytes()
+    with pytest.raises(BatchUsageError, match="holds no gram-local batch records"):
+        run_batch(FakeJudge(), src, out)
+    assert out.read_bytes() == before
+    with pytest.raises(BatchUsageError, match="OUT is the input file"):
+        run_batch(FakeJudge(), src, src)
+
+
+def test_a_second_writer_is_refused(tmp_path: Path) -> None:
+    import fcntl
+
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(2))
+    out = tmp_path / "out.jsonl"
+    with open(tmp_path / "out.jsonl.lock", "w") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(BatchUsageError, match="another gram-local batch"):
+            run_batch(FakeJudge(), src, out)
+    assert run_batch(FakeJudge(), src, out).judged == 2
+
+
+class Crashing(FakeJudge):
+    def _judgment(self, question: str, *args: Any, **kwargs: Any) -> Any:
+        if question == "q3":
+            raise RuntimeError("engine failure")
+        return super()._judgment(question, *args, **kwargs)
+
+
+def test_runtime_failure_propagates_keeping_finished_work(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(6))
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(RuntimeError):
+        run_batch(Crashing(), src, out, chunk_size=1)
+    assert [r["id"] for r in lines(out)] == ["p0", "p1", "p2"]
+    assert run_batch(FakeJudge(), src, out).judged == 3
+
+
+def test_records_survive_line_separators_inside_texts(tmp_path: Path) -> None:
+    # The fake's rationale holds U+2028, which str.splitlines() would split on.
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "question": "q\u2028\x85", "a": "a\u2029", "b": "b"}])
+    out = tmp_path / "out.jsonl"
+    run_batch(FakeJudge(), src, out)
+    assert "\u2028" in out.read_text(encoding="utf-8")
+    assert load_records(out)[id_key(1)]["status"] == "ok"
+    assert run_batch(FakeJudge(), src, out).judged == 0
+
+
+# ------------------------------------------------------------------------------------------ progress
+
+
+def test_progress_plain_lines_off_a_terminal() -> None:
+    stream = io.StringIO()
+    progress = Progress(stream, tty=False, interval=0.0)
+    progress.start(3, skipped=2)
+    for ok in (True, False, True):
+        progress.advance(ok)
+    progress.finish()
+    text = stream.getvalue()
+    assert "\r" not in text and "2 task(s) already done" in text
+    assert "3/3 (100.0%)" in text and "1 failed" in text and "ETA" in text
+
+
+def test_progress_waits_for_a_burst_to_settle() -> None:
+    stream = io.StringIO()
+    progress = Progress(stream, tty=False, interval=0.0)
+    progress.start(4, skipped=0)
+    progress.advance(True, settled=False)
+    progress.advance(True, settled=False)
+    assert stream.getvalue().count("\n") == 1  # only the start line: no rate from half a burst
+    progress.advance(True)
+    assert "3/4 (75.0%)" in stream.getvalue().splitlines()[-1]
+
+
+def test_progress_bar_on_a_terminal() -> None:
+    stream = io.StringIO()
+    progress = Progress(stream, tty=True)
+    progress.start(4, skipped=0)
+    progress.advance(True)
+    text = stream.getvalue()
+    assert text.startswith("\r[#####...............] 1/4 (25.0%)") and "ETA" in text
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+
+
+@pytest.fixture
+def fake_cli(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    made: dict[str, Any] = {}
+
+    def open_fake(opts: dict[str, Any], **_: Any) -> FakeJudge:
+        made["opts"] = opts
+        made["judge"] = FakeJudge(seed=opts["seed"], max_think_tokens=opts["max_think_tokens"])
+        return made["judge"]
+
+    monkeypatch.setattr(cli_batch, "open_judge", open_fake)
+    return made
+
+
+def test_cli_exit_codes_and_json_summary(tmp_path: Path, fake_cli: dict[str, Any]) -> None:
+    runner = CliRunner()
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(3))
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(cli_batch.batch_command, [str(src), "-o", str(out), "--json", "--swap"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["judged"] == 3 and summary["exit_code"] == 0
+    assert all(len(r["judgments"]) == 2 for r in lines(out))
+    assert fake_cli["opts"]["parallel"] == 8 and fake_cli["judge"].calls == [("compare_many", 3)]
+
+    refused = runner.invoke(cli_batch.batch_command, [str(src), "-o", str(out), "--seed", "3"])
+    assert refused.exit_code == 2 and "seed: 0 in OUT, 3 now" in refused.stderr and "Traceback" not in refused.output
+
+    write_jsonl(src, pairs(3) + ["{oops"])
+    failed = runner.invoke(cli_batch.batch_command, [str(src), "-o", str(out), "--swap"])
+    assert failed.exit_code == 3 and "1 task(s) failed" in failed.stderr
+
+    for args in (["--shard", "3/3"], ["--swap", "--votes", "3"]):
+        bad = runner.invoke(cli_batch.batch_command, [str(src), "-o", str(tmp_path / "x.jsonl"), *args])
+        assert bad.exit_code == 2, bad.output
+    missing = runner.invoke(cli_batch.batch_command, [str(tmp_path / "nope.jsonl"), "-o", str(out)])
+    assert missing.exit_code == 2 and "cannot read" in missing.stderr
+
+
+def test_cli_votes_and_shard(tmp_path: Path, fake_cli: dict[str, Any]) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(12))
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"out{i}.jsonl"
+        result = CliRunner().invoke(cli_batch.batch_command, [str(src), "-o", str(out), "-k", "3", "--shard", f"{i}/2"])
+        assert result.exit_code == 0, result.output
+        outs.append(lines(out))
+    ids = [r["id"] for recs in outs for r in recs]
+    assert sorted(ids) == sorted(f"p{i}" for i in range(12))
+    assert all(r["op"] == "vote" and len(r["judgments"]) == 3 for recs in outs for r in recs)
