@@ -253,7 +253,11 @@ class Engine:
         self.kv_type = {"f16": GGML_TYPE_F16, "f32": GGML_TYPE_F32}[kv_type]
         # Prompt-lookup drafts pay off only where verifying a few tokens costs little more than one:
         # on a GPU. On a CPU the extra rows cost nearly their full price (see the README).
-        self.speculative = (self.gpu_offload and n_gpu_layers > 0) if speculative is None else speculative
+        # On the CPU flash attention is off: its sums depend on which KV cells hold a sequence, so
+        # the same tokens decoded in another batch shape (a draft rolled back, a prefix reused)
+        # would drift; without it the CPU path gives the same logits whatever the batching.
+        self.offloading = self.gpu_offload and n_gpu_layers > 0
+        self.speculative = self.offloading if speculative is None else speculative
         self.max_draft = max_draft
 
         params = llama.llama_model_default_params()
@@ -391,6 +395,9 @@ class Engine:
         params.type_k = self.kv_type
         params.type_v = self.kv_type
         params.no_perf = True
+        params.flash_attn_type = (
+            llama.LLAMA_FLASH_ATTN_TYPE_AUTO if self.offloading else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         params.n_outputs_max_per_seq = self.n_batch
         ctx = llama.llama_init_from_model(self._model, params)
         if not ctx:
@@ -431,6 +438,28 @@ class Engine:
         if self._ctx is not None:
             llama.llama_memory_clear(self._mem, True)
             self._slot_tokens = [[] for _ in self._slot_tokens]
+
+    def next_token_logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """The model's logits after `tokens`, from a cold evaluation (for checks and diagnostics)."""
+        with self._lock:
+            self.ensure_context(_round_up(len(tokens) + 1, 256))
+            self.clear_cache()
+            logits = None
+            for start in range(0, len(tokens), self.n_batch):
+                chunk = tokens[start:start + self.n_batch]
+                for j, token in enumerate(chunk):
+                    self._batch.token[j] = token
+                    self._batch.pos[j] = start + j
+                    self._batch.n_seq_id[j] = 1
+                    self._batch.seq_id[j][0] = 0
+                    self._batch.logits[j] = start + j == len(tokens) - 1
+                self._batch.n_tokens = len(chunk)
+                if llama.llama_decode(self._ctx, self._batch) != 0:
+                    raise EngineError("llama_decode failed: " + _last_errors())
+            ptr = llama.llama_get_logits_ith(self._ctx, -1)
+            logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+            self.clear_cache()
+            return logits
 
     # ---------------------------------------------------------------- generation
 

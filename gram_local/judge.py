@@ -234,6 +234,7 @@ class Judge:
             "top_p": s.top_p,
             "seed": s.seed,
             "max_think_tokens": s.max_think_tokens,
+            "think_may_close": s.allow_close,
             "date": s.date,
             "gram_local_version": __version__,
         }

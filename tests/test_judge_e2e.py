@@ -81,8 +81,9 @@ def test_adversarial_responses_cannot_inject_special_tokens(judge, attack: str) 
 
 
 def test_vote_counts_k_sampled_judgments_reproducibly(judge) -> None:
-    r = judge.vote(QUESTION, GOOD, BAD, k=4)
-    assert len(r.judgments) == 4 and r.votes["a"] + r.votes["b"] == 4
+    judge.engine.clear_cache()
+    r = judge.vote(QUESTION, GOOD, BAD, k=3)
+    assert len(r.judgments) == 3 and r.votes["a"] + r.votes["b"] == 3
     assert all(j.order == "AB" for j in r.judgments)
     assert r.settings["temperature"] == 0.6 and r.settings["top_p"] == 0.9
     if r.votes["a"] != r.votes["b"]:
@@ -90,22 +91,22 @@ def test_vote_counts_k_sampled_judgments_reproducibly(judge) -> None:
     # Same seed, same cache state: the same samples. (A warm prefix cache evaluates the prompt in
     # other batch shapes, which moves logits by float rounding, so compare from a cold cache.)
     judge.engine.clear_cache()
-    first = judge.vote(QUESTION, GOOD, BAD, k=4)
-    judge.engine.clear_cache()
-    again = judge.vote(QUESTION, GOOD, BAD, k=4)
-    assert [j.output for j in again.judgments] == [j.output for j in first.judgments]
+    again = judge.vote(QUESTION, GOOD, BAD, k=3)
+    assert [j.output for j in again.judgments] == [j.output for j in r.judgments]
 
 
 def test_rank_and_best_of_n(judge) -> None:
-    responses = [GOOD, BAD, "Sorry I'm late.", "I apologize sincerely for my lateness, it won't happen again."]
+    responses = [GOOD, BAD, "Sorry I'm late."]
     for method in ("sort", "round-robin"):
-        r = judge.rank(QUESTION, responses, method=method)
-        assert sorted(r.ranking) == [0, 1, 2, 3] and len(r.scores) == 4
+        r = judge.rank(QUESTION, responses, method=method, max_think_tokens=8)
+        assert sorted(r.ranking) == [0, 1, 2] and len(r.scores) == 3
         assert all(j.pair is not None for j in r.judgments)
+        assert len(r.judgments) == len(r.comparisons)
         if method == "round-robin":
-            assert len(r.comparisons) == 6
-    b = judge.best_of_n(QUESTION, responses, swap=True)
-    assert len(b.comparisons) == 3 and len(b.judgments) == 6 and 0 <= b.best < 4
+            assert sorted((c.a, c.b) for c in r.comparisons) == [(0, 1), (0, 2), (1, 2)]
+            assert r.ranking == sorted(range(3), key=lambda i: (-r.scores[i], i))
+    b = judge.best_of_n(QUESTION, responses, swap=True, max_think_tokens=8)
+    assert len(b.comparisons) == 2 and len(b.judgments) == 4 and 0 <= b.best < 3
 
 
 def test_bad_inputs_are_clear_errors(judge) -> None:
@@ -138,7 +139,7 @@ def test_batched_and_one_at_a_time_agree(smollm2_path) -> None:
     must give the same verdicts and p_a within 0.01; with thinking, generations that came out
     token-identical must too, and the share of identical generations is reported.
     """
-    pairs = [(QUESTION, GOOD, BAD), ("What is 2+2?", "4", "5"), ("Capital of France?", "Paris", "Lyon")]
+    pairs = [(QUESTION, GOOD, BAD), ("What is 2+2?", "4", "5")]
     from gram_local import load_judge
 
     together = load_judge(smollm2_path, max_think_tokens=16, n_parallel=6)
@@ -162,17 +163,28 @@ def test_batched_and_one_at_a_time_agree(smollm2_path) -> None:
 
 
 def test_prompt_lookup_drafts_are_accepted_and_change_nothing(smollm2_path) -> None:
-    """SmolLM2 copies the prompt's format block into its rationale: drafts get accepted, and the
-    greedy output is token-for-token what plain decoding gives."""
+    """SmolLM2 copies the prompt's format block into its rationale, so drafts get accepted, and
+    the greedy tokens are plain decoding's. (With flash attention on, which the CPU path turns
+    off, a rolled-back draft moves later tokens to other KV cells and near-ties can flip: then the
+    tokens must agree up to a place where the top two logits nearly tie.)"""
     from gram_local import load_judge
 
     plain = load_judge(smollm2_path, max_think_tokens=48, n_parallel=1, speculative=False)
     spec = load_judge(smollm2_path, max_think_tokens=48, n_parallel=1, speculative=True)
-    a = plain.compare(QUESTION, GOOD, BAD)
-    b = spec.compare(QUESTION, GOOD, BAD)
+    request = plain._request(QUESTION, GOOD, BAD, plain._sampler(plain.settings), plain.settings)
+    a = plain.engine.generate([request])[0]
+    b = spec.engine.generate([request])[0]
     assert spec.engine.stats.accepted > 0, spec.engine.stats
-    assert b.judgments[0].output == a.judgments[0].output
-    assert b.judgments[0].p_a == pytest.approx(a.judgments[0].p_a, abs=0.01)
+    assert b.drafted > b.accepted > 0
+    diverge = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), None)
+    if diverge is None:
+        assert a.tokens == b.tokens and b.p_answer_a == pytest.approx(a.p_answer_a, abs=0.01)
+    else:
+        logits = plain.engine.next_token_logits(request.prompt + a.tokens[:diverge])
+        top = sorted(logits.tolist(), reverse=True)[:2]
+        assert spec.engine.offloading, "on the CPU path decoding must not depend on drafts"
+        assert top[0] - top[1] < 0.25, f"diverged at {diverge} where the top two logits differ by {top[0] - top[1]}"
+        assert logits[a.tokens[diverge]] == top[0] and logits[b.tokens[diverge]] >= top[1] - 1e-4
 
 
 def test_llama3_vocabulary_facts(llama3_judge) -> None:

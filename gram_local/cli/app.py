@@ -5,8 +5,11 @@ from __future__ import annotations
 import click
 
 from gram_local import __version__
+from gram_local.cli.batch import batch_command
+from gram_local.cli.evals import eval_group
 from gram_local.cli.judge import best_of_n, compare, doctor, prompt, rank, vote
 from gram_local.cli.models import models_group
+from gram_local.convert.__main__ import convert_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -19,5 +22,5 @@ def main() -> None:
     """
 
 
-for command in (compare, vote, rank, best_of_n, prompt, doctor, models_group):
+for command in (compare, vote, rank, best_of_n, prompt, doctor, batch_command, eval_group, models_group, convert_command):
     main.add_command(command)
