@@ -59,26 +59,26 @@ def judge_options(func: F) -> F:
     return func
 
 
-def open_judge(opts: dict[str, Any], *, stderr_note: bool = True) -> Any:
-    """Load the judge the options describe; every failure is a GramLocalError with one clear line."""
+def open_judge(opts: dict[str, Any], **overrides: Any) -> Any:
+    """Load the judge the options describe (plus any keyword overrides of `load_judge`'s)."""
     from gram_local.judge import load_judge
 
-    budget = 0 if opts.get("no_think") else opts["max_think_tokens"]
-    return load_judge(
-        opts["model"],
-        quant=opts.get("quant"),
-        n_ctx=opts.get("ctx"),
-        n_threads=opts.get("threads"),
-        n_gpu_layers=opts.get("n_gpu_layers"),
-        n_parallel=opts.get("parallel") or 8,
-        date=opts["date"],
-        max_think_tokens=budget,
-        temperature=opts["temperature"] if opts.get("temperature") is not None else 0.0,
-        top_p=opts["top_p"] if opts.get("top_p") is not None else 1.0,
-        seed=opts["seed"],
-        vote_temperature=opts["temperature"] if opts.get("temperature") is not None else 0.6,
-        vote_top_p=opts["top_p"] if opts.get("top_p") is not None else 0.9,
-    )
+    temperature, top_p = opts.get("temperature"), opts.get("top_p")
+    arguments: dict[str, Any] = {
+        "quant": opts.get("quant"),
+        "n_ctx": opts.get("ctx"),
+        "n_threads": opts.get("threads"),
+        "n_gpu_layers": opts.get("n_gpu_layers"),
+        "n_parallel": opts.get("parallel") or 8,
+        "date": opts["date"],
+        "max_think_tokens": 0 if opts.get("no_think") else opts["max_think_tokens"],
+        "temperature": 0.0 if temperature is None else temperature,
+        "top_p": 1.0 if top_p is None else top_p,
+        "seed": opts["seed"],
+        "vote_temperature": 0.6 if temperature is None else temperature,
+        "vote_top_p": 0.9 if top_p is None else top_p,
+    }
+    return load_judge(opts["model"], **(arguments | overrides))
 
 
 def read_text(value: str | None, what: str) -> str | None:
