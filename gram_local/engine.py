@@ -17,7 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import llama_cpp as llama
 import numpy as np
@@ -465,18 +465,25 @@ class Engine:
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Run requests to their answer slots, as many at once as the context has slots."""
+        results: list[Generation | None] = [None] * len(requests)
+        for index, generation in self.generate_iter(requests):
+            results[index] = generation
+        return [r for r in results if r is not None]
+
+    def generate_iter(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, Generation]]:
+        """Like `generate`, but yields (request index, generation) as each one finishes, so a
+        caller can save finished work while the rest of the batch is still decoding."""
         if not requests:
-            return []
+            return
         with self._lock:
             longest = max(len(r.prompt) + (0 if r.at_answer_slot else r.max_think_tokens + 16) for r in requests)
             if self._ctx is None or longest > self.n_ctx_seq:
                 self.ensure_context(_round_up(longest, 256))
-            return self._run(list(requests))
+            yield from self._run(list(requests))
 
-    def _run(self, requests: list[GenerationRequest]) -> list[Generation]:
+    def _run(self, requests: list[GenerationRequest]) -> Iterator[tuple[int, Generation]]:
         queue = deque(enumerate(requests))
         active: list[_Sequence] = []
-        results: list[Generation | None] = [None] * len(requests)
         try:
             while queue or active:
                 while queue and len(active) < len(self._slot_tokens):
@@ -486,15 +493,13 @@ class Engine:
                     active.append(self._start(request, index, busy={s.slot for s in active}))
                 rows = self._fill_batch(active)
                 self._decode(rows)
-                for seq in list(active):
-                    if seq.result is not None:
-                        results[seq.index] = seq.result
-                        self._finish(seq)
-                        active.remove(seq)
+                for seq in [s for s in active if s.result is not None]:
+                    self._finish(seq)
+                    active.remove(seq)
+                    yield seq.index, seq.result
         finally:
             for seq in active:
                 self._finish(seq)
-        return [r for r in results if r is not None]
 
     def _worth_waiting(self, prompt: list[int], active: list[_Sequence]) -> bool:
         """Hold a request back while a running prefill is computing a long prefix it shares.

@@ -255,7 +255,10 @@ class Judge:
     def compare_many(
         self, items: Iterable[tuple[str, str, str]], *, swap: bool = False, **overrides: Any
     ) -> Iterator[CompareResult | GramLocalError]:
-        """Many comparisons decoded together; a bad item yields its error instead of a result."""
+        """Many comparisons decoded together, yielded in input order as soon as each is done.
+
+        A bad item yields its error instead of a result; the others go on.
+        """
         settings = self._with(**overrides)
         prepared: list[list[_Task] | GramLocalError] = []
         for question, a, b in items:
@@ -263,17 +266,41 @@ class Judge:
                 prepared.append(self._pair_tasks(question, a, b, swap=swap, settings=settings))
             except InputError as exc:
                 prepared.append(exc)
-        flat = [t for p in prepared if isinstance(p, list) for t in p]
-        judgments, timings = self._run(flat, settings) if flat else ([], Timings())
-        n_items = sum(1 for p in prepared if isinstance(p, list)) or 1
-        share = _scale_timings(timings, 1.0 / n_items)
-        it = iter(judgments)
-        for p in prepared:
-            if isinstance(p, GramLocalError):
-                yield p
-                continue
-            mine = [next(it) for _ in p]
-            yield self._stamp(_compare_result(mine), settings, share, swap=swap)
+        flat: list[_Task] = []
+        owner: list[int] = []
+        for item, p in enumerate(prepared):
+            if isinstance(p, list):
+                flat += p
+                owner += [item] * len(p)
+        done: dict[int, dict[int, Judgment]] = {}
+        next_item = 0
+        clock = _Clock(self.engine)
+
+        def ready() -> Iterator[CompareResult | GramLocalError]:
+            nonlocal next_item, clock
+            finished: list[CompareResult | GramLocalError] = []
+            while next_item < len(prepared):
+                p = prepared[next_item]
+                if isinstance(p, list):
+                    mine = done.get(next_item, {})
+                    if len(mine) < len(p):
+                        break
+                    finished.append(_compare_result([mine[k] for k in sorted(mine)]))
+                else:
+                    finished.append(p)
+                next_item += 1
+            results = [r for r in finished if isinstance(r, CompareResult)]
+            if results:  # the time since the last yield, shared by what it finished
+                share = _scale_timings(clock.timings(), 1.0 / len(results))
+                clock = _Clock(self.engine)
+                for r in results:
+                    self._stamp(r, settings, share, swap=swap)
+            yield from finished
+
+        yield from ready()
+        for index, generation in self.engine.generate_iter([t.request for t in flat]):
+            done.setdefault(owner[index], {})[index] = self._judgment(flat[index], generation, settings)
+            yield from ready()
 
     def vote(
         self,
