@@ -497,6 +497,11 @@ class Engine:
                     self._finish(seq)
                     active.remove(seq)
                     yield seq.index, seq.result
+        except BaseException:
+            # Interrupted between queuing tokens and decoding them: what the slots are believed to
+            # hold may not be what the KV cache holds. Forget it all rather than reuse it wrongly.
+            self.clear_cache()
+            raise
         finally:
             for seq in active:
                 self._finish(seq)
