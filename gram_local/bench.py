@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
 from gram_local.engine import EngineStats, GenerationRequest
@@ -187,6 +187,7 @@ class OperationResult:
     evaluated_over_unique: float | None = None
     wall_vs_compare: float | None = None
     verdict: str = ""
+    round_wall_seconds: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.prefill_tokens_per_s = _ratio(self.prompt_tokens_evaluated, self.prefill_seconds)
@@ -197,6 +198,8 @@ class OperationResult:
         per_token = _ratio(self.grammar_seconds, self.generated_tokens)
         self.grammar_ms_per_token = None if per_token is None else per_token * 1000.0
         self.evaluated_over_unique = _ratio(self.prompt_tokens_evaluated, self.prompt_tokens_unique)
+        if not self.round_wall_seconds:
+            self.round_wall_seconds = [self.wall_seconds]
 
 
 @dataclass
@@ -208,6 +211,7 @@ class BenchReport:
     workload: dict[str, Any]
     prompt_tokens_per_judgment: int
     operations: list[OperationResult] = field(default_factory=list)
+    rounds: int = 1
 
     def operation(self, name: str) -> OperationResult | None:
         return next((op for op in self.operations if op.name == name), None)
@@ -240,9 +244,26 @@ class BenchReport:
             "machine": self.machine,
             "workload": self.workload,
             "prompt_tokens_per_judgment": self.prompt_tokens_per_judgment,
+            "rounds": self.rounds,
             "operations": [asdict(op) for op in self.operations],
             "summary": self.summary(),
         }
+
+
+_TIMES = ("wall_seconds", "prefill_seconds", "decode_seconds", "sample_seconds", "grammar_seconds")
+
+
+def _mean_of(results: list[OperationResult]) -> OperationResult:
+    """One operation over several rounds: mean times, the first round's counts and verdict.
+
+    The tokens evaluated and generated repeat exactly from round to round (the votes' samples
+    differ, not their number); counters such as grammar fallbacks are the first round's.
+    """
+    first = results[0]
+    if len(results) == 1:
+        return first
+    means = {k: sum(getattr(r, k) for r in results) / len(results) for k in _TIMES}
+    return replace(first, **means, round_wall_seconds=[r.wall_seconds for r in results])
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -300,8 +321,20 @@ class BenchRunner:
 
     # ------------------------------------------------------------ operations
 
-    def run(self, operations: Sequence[str] = OPERATIONS, progress: Callable[[str], None] | None = None) -> BenchReport:
-        """Every named operation once, each from an empty prefix cache; ratios against compare."""
+    def run(
+        self,
+        operations: Sequence[str] = OPERATIONS,
+        progress: Callable[[str], None] | None = None,
+        rounds: int = 1,
+    ) -> BenchReport:
+        """Every named operation, each from an empty prefix cache; ratios against compare.
+
+        With `rounds` > 1 the whole list runs that many times, interleaved (compare, swap, ...,
+        compare, swap, ...), and each operation reports its mean times: on a shared machine the
+        load drifts over minutes, and interleaving spreads the drift over every operation alike.
+        """
+        if rounds < 1:
+            raise InputError("rounds must be at least 1")
         self.prepare()
         judge = self.judge
         engine = judge.engine
@@ -318,11 +351,15 @@ class BenchRunner:
             },
             workload=asdict(self.spec) | {"reference": self.spec.is_reference},
             prompt_tokens_per_judgment=len(self.prompt(0, 1)),
+            rounds=rounds,
         )
-        for name in operations:
-            if progress:
-                progress(name)
-            report.operations.append(self.run_operation(name))
+        runs: dict[str, list[OperationResult]] = {name: [] for name in operations}
+        for r in range(rounds):
+            for name in operations:
+                if progress:
+                    progress(name if rounds == 1 else f"{name} (round {r + 1}/{rounds})")
+                runs[name].append(self.run_operation(name))
+        report.operations = [_mean_of(runs[name]) for name in operations]
         compare = report.operation("compare")
         if compare is not None:
             for op in report.operations:
@@ -402,7 +439,8 @@ def format_report(report: BenchReport) -> str:
         f"{report.prompt_tokens_per_judgment} prompt tokens per judgment"
         + ("" if spec.get("reference") else "  [NOT the reference workload: not comparable]"),
         f"machine: {report.machine['threads']} threads, {report.machine['n_gpu_layers']} GPU layers, "
-        f"{report.machine['n_parallel']} sequences, speculative {'on' if report.machine['speculative'] else 'off'}",
+        f"{report.machine['n_parallel']} sequences, speculative {'on' if report.machine['speculative'] else 'off'}"
+        + (f", mean of {report.rounds} interleaved rounds" if report.rounds > 1 else ""),
         "",
         f"{'operation':<10} {'wall s':>8} {'x cmp':>6} {'judg':>5} {'prefill t/s':>11} {'decode t/s':>10} "
         f"{'grammar':>8} {'ms/tok':>6} {'evaluated':>9} {'unique':>7} {'ev/uniq':>7}  verdict",

@@ -371,7 +371,7 @@ class Judge:
     def _check_responses(self, question: str, responses: Sequence[str]) -> None:
         _require_text("question", question)
         if len(responses) < 2:
-            raise InputError(f"need at least two responses to rank, got {len(responses)}")
+            raise InputError(f"need at least two responses, got {len(responses)}")
         for i, response in enumerate(responses):
             _require_text(f"response {i}", response)
 

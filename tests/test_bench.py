@@ -41,10 +41,13 @@ def test_operations_parse_in_canonical_order() -> None:
 
 @pytest.mark.slow
 def test_bench_json_on_smollm2(smollm2_path: Path) -> None:
-    """The whole workload, shrunk (4 think tokens, short texts): fields, exact budgets, sharing."""
+    """The whole workload, shrunk (4 think tokens, short texts): fields, exact budgets, sharing.
+
+    One thread: on a shared 2-core machine two llama.cpp threads wait on each other at every barrier.
+    """
     args = [
         "--model", str(smollm2_path), "--json", "--think-tokens", "4",
-        "--question-tokens", "12", "--response-tokens", "24",
+        "--question-tokens", "12", "--response-tokens", "24", "--threads", "1",
     ]
     result = CliRunner().invoke(bench_command, args)
     assert result.exit_code == 0, result.output

@@ -29,6 +29,8 @@ _WORKLOAD_OPTIONS = {
               help="Question length in tokens (not the reference workload if changed).")
 @click.option("--response-tokens", type=click.IntRange(min=1), default=400, show_default=True,
               help="Length of each response in tokens (not the reference workload if changed).")
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run the operations this many times, interleaved, and report mean times (noisy machines).")
 @click.option("--speculative/--no-speculative", default=None,
               help="Prompt-lookup speculative decoding [default: on only with GPU offload].")
 @judge_options
@@ -38,6 +40,7 @@ def bench_command(
     think_tokens: int,
     question_tokens: int,
     response_tokens: int,
+    rounds: int,
     speculative: bool | None,
     **opts: Any,
 ) -> None:
@@ -83,7 +86,7 @@ def bench_command(
         if not opts["as_json"]:
             click.echo(f"running {name} ...", err=True)
 
-    report = runner.run(operations, progress=progress)
+    report = runner.run(operations, progress=progress, rounds=rounds)
     if opts["as_json"]:
         click.echo(json.dumps(report.to_dict() | {"load_seconds": round(load_seconds, 3)}))
     else:
