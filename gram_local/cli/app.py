@@ -6,6 +6,7 @@ import click
 
 from gram_local import __version__
 from gram_local.cli.batch import batch_command
+from gram_local.cli.bench import bench_command
 from gram_local.cli.evals import eval_group
 from gram_local.cli.judge import best_of_n, compare, doctor, prompt, rank, vote
 from gram_local.cli.models import models_group
@@ -22,5 +23,5 @@ def main() -> None:
     """
 
 
-for command in (compare, vote, rank, best_of_n, prompt, doctor, batch_command, eval_group, models_group, convert_command):
+for command in (compare, vote, rank, best_of_n, prompt, doctor, batch_command, eval_group, bench_command, models_group, convert_command):
     main.add_command(command)
