@@ -398,7 +398,8 @@ class Engine:
         params.flash_attn_type = (
             llama.LLAMA_FLASH_ATTN_TYPE_AUTO if self.offloading else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
-        params.n_outputs_max_per_seq = self.n_batch
+        # Rows of logits one sequence may ask for in a batch: its token plus its drafts.
+        params.n_outputs_max_per_seq = max(1, self.max_draft + 1)
         ctx = llama.llama_init_from_model(self._model, params)
         if not ctx:
             detail = _last_errors()
@@ -622,6 +623,8 @@ class Engine:
         prefill = self._batch_has_prompt
         started = time.perf_counter()
         rc = llama.llama_decode(self._ctx, batch)
+        if self.offloading:  # a GPU decode returns early; wait here so the time lands on decoding
+            llama.llama_synchronize(self._ctx)
         elapsed = time.perf_counter() - started
         self.stats.decode_calls += 1
         if prefill:

@@ -43,14 +43,27 @@ step "wait for the checkpoint, quantize to Q4_K_M"
 wait "$ckpt_pid" || { tail -20 "$out/checkpoint.log"; exit 1; }
 python3 -c "from gram_local.convert import quantize_gguf; quantize_gguf('/tmp/3b-f16.gguf', '/tmp/3b-q4_k_m.gguf', 'Q4_K_M')" \
     || exit 1
-python3 -m gram_local doctor --model /tmp/3b-q4_k_m.gguf --json > "$out/doctor-model.json"
 
-step "gram-local bench, all layers offloaded"
-timeout 200 python3 -m gram_local bench --model /tmp/3b-q4_k_m.gguf --n-gpu-layers 999 --json > "$out/bench-gpu.json"
 
-step "the seed's pipeline (transformers generate, bf16) on the same GPU, beside gram-local"
-timeout 200 python3 "$repo/benchmarks/peer_bench.py" --checkpoint /tmp/ckpt-3b --gguf /tmp/3b-q4_k_m.gguf \
-    --seed-judgments 2 --seed-device cuda --ops compare --repeats 1 --n-gpu-layers 999 --skip-binding \
-    --label "NVIDIA H100, full offload" --out "$out" > "$out/peer-bench.txt" 2>&1
-tail -25 "$out/peer-bench.txt"
+step "gram-local bench, all layers offloaded (prompt-lookup drafts off)"
+timeout 150 python3 -X faulthandler -m gram_local bench --model /tmp/3b-q4_k_m.gguf --n-gpu-layers 999 \
+    --no-speculative --ops compare,swap,vote,best-of-8 --json > "$out/bench-gpu.json" 2> "$out/bench-gpu.err"
+tail -5 "$out/bench-gpu.err"
+
+step "workload texts for the seed pipeline (CPU, no CUDA in this process)"
+python3 -c "
+import json; from gram_local import load_judge; from gram_local.bench import build_workload
+w = build_workload(load_judge('/tmp/3b-q4_k_m.gguf', n_gpu_layers=0, n_parallel=1))
+json.dump({'question': w.question, 'responses': list(w.responses)}, open('/tmp/workload.json', 'w'))"
+
+step "the seed's pipeline (transformers generate, bf16) on the same GPU, in its own process"
+timeout 120 python3 "$repo/benchmarks/seed_gpu.py" /tmp/ckpt-3b /tmp/workload.json cuda 2 > "$out/seed-gpu.json" \
+    2> "$out/seed-gpu.err"; tail -3 "$out/seed-gpu.err"; cat "$out/seed-gpu.json"
+
+step "doctor and a speculative compare, with faulthandler (crash diagnosis)"
+timeout 40 python3 -X faulthandler -m gram_local doctor --model /tmp/3b-q4_k_m.gguf --json > "$out/doctor-model.json" \
+    2> "$out/doctor-model.err"; tail -25 "$out/doctor-model.err"
+timeout 40 python3 -X faulthandler -m gram_local bench --model /tmp/3b-q4_k_m.gguf --n-gpu-layers 999 \
+    --speculative --ops compare --think-tokens 64 --json > "$out/bench-spec.json" 2> "$out/bench-spec.err"
+tail -25 "$out/bench-spec.err"
 step "done"
