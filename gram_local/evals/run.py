@@ -94,6 +94,29 @@ def judgebench_job(split: str = bench_data.DEFAULT_JUDGEBENCH_SPLIT, data: Path 
     return JudgeBenchJob(chosen, path, pairs, limit)
 
 
+def _judge_tasks(
+    judge: Judge,
+    tasks: Sequence[Any],
+    out: Path,
+    benchmark: str,
+    *,
+    force: bool,
+    chunk_size: int,
+    progress: Progress | None,
+) -> tuple[BatchSummary, dict[str, dict[str, Any]]]:
+    """Run a benchmark's tasks as a resumable batch job; return its summary and every record in OUT."""
+    summary = run_batch(
+        judge,
+        tasks,
+        out,
+        force=force,
+        chunk_size=chunk_size,
+        progress=progress,
+        extra_settings={"eval": {"benchmark": benchmark}},
+    )
+    return summary, load_records(out)
+
+
 def run_judgebench(
     judge: Judge,
     job: JudgeBenchJob,
@@ -105,16 +128,7 @@ def run_judgebench(
 ) -> EvalRun:
     """Judge the pairs in both orders (resuming OUT) and score them by the official rule."""
     tasks = pair_tasks(job.pairs)
-    summary = run_batch(
-        judge,
-        tasks,
-        out,
-        force=force,
-        chunk_size=chunk_size,
-        progress=progress,
-        extra_settings={"eval": {"benchmark": "judgebench"}},
-    )
-    records = load_records(out)
+    summary, records = _judge_tasks(judge, tasks, out, "judgebench", force=force, chunk_size=chunk_size, progress=progress)
     scores = score_judgebench(job.pairs, judgments_from_records(job.pairs, records), split=job.split.name)
     result = {
         "benchmark": "judgebench",
@@ -163,16 +177,7 @@ def run_rmbench(
 ) -> EvalRun:
     """Judge the 3x3 style matrix of each prompt in both orders (resuming OUT) and score it."""
     tasks = cell_tasks(job.items)
-    summary = run_batch(
-        judge,
-        tasks,
-        out,
-        force=force,
-        chunk_size=chunk_size,
-        progress=progress,
-        extra_settings={"eval": {"benchmark": "rm-bench"}},
-    )
-    records = load_records(out)
+    summary, records = _judge_tasks(judge, tasks, out, "rm-bench", force=force, chunk_size=chunk_size, progress=progress)
     scores = score_rmbench(job.items, cells_from_records(job.items, records))
     result = {
         "benchmark": "rm-bench",
