@@ -9,13 +9,33 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gram_local.convert.errors import ConversionError, ConversionFailed
 from gram_local.convert.files import scratch_file, staged_output
-from gram_local.convert.gguf_info import GGUFInfo, read_gguf_info
-from gram_local.convert.llama import DIRECT_TYPES, Checkpoint, load_checkpoint, write_gguf
 from gram_local.convert.progress import wants_progress
 from gram_local.convert.quantize import QUANT_FTYPES, normalize_quant, quantize_gguf
+
+if TYPE_CHECKING:
+    from gram_local.convert.gguf_info import GGUFInfo, read_gguf_info
+    from gram_local.convert.llama import Checkpoint, load_checkpoint
+
+# The writer and the reader import gguf-py (0.2 s, and a sentencepiece probe): only when used, so
+# the CLI, which registers `convert`, starts without them.
+_LAZY = {
+    "GGUFInfo": "gram_local.convert.gguf_info",
+    "read_gguf_info": "gram_local.convert.gguf_info",
+    "Checkpoint": "gram_local.convert.llama",
+    "load_checkpoint": "gram_local.convert.llama",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: Bump whenever the bytes of a converted F32/F16/BF16 file change; models.lock records it.
 CONVERTER_VERSION = "1"
@@ -59,6 +79,8 @@ def convert_checkpoint(
     name only when complete, and the intermediate file is removed however the run ends.
     `progress=None` draws a progress bar on stderr only when it is a terminal.
     """
+    from gram_local.convert.llama import DIRECT_TYPES, load_checkpoint, write_gguf
+
     name = normalize_quant(quant)
     checkpoint = load_checkpoint(Path(checkpoint_dir))
     out_path = Path(out_path)
