@@ -284,6 +284,8 @@ class BenchRunner:
 
     def __init__(self, judge: Judge, spec: WorkloadSpec | None = None) -> None:
         self.judge = judge
+        # Every operation starts cold, the instruction head included: no KV read from disk.
+        judge.head_cache_dir = None
         self.spec = spec or WorkloadSpec()
         if judge.settings.max_think_tokens != self.spec.think_tokens or judge.settings.allow_close:
             raise InputError(
@@ -348,6 +350,8 @@ class BenchRunner:
                 "n_parallel": engine.n_parallel,
                 "n_batch": engine.n_batch,
                 "speculative": engine.speculative,
+                "repack": engine.repack,
+                "flash_attn": engine.flash_attn,
             },
             workload=asdict(self.spec) | {"reference": self.spec.is_reference},
             prompt_tokens_per_judgment=len(self.prompt(0, 1)),
@@ -439,7 +443,9 @@ def format_report(report: BenchReport) -> str:
         f"{report.prompt_tokens_per_judgment} prompt tokens per judgment"
         + ("" if spec.get("reference") else "  [NOT the reference workload: not comparable]"),
         f"machine: {report.machine['threads']} threads, {report.machine['n_gpu_layers']} GPU layers, "
-        f"{report.machine['n_parallel']} sequences, speculative {'on' if report.machine['speculative'] else 'off'}"
+        f"{report.machine['n_parallel']} sequences, speculative {'on' if report.machine['speculative'] else 'off'}, "
+        f"weights {'repacked' if report.machine.get('repack', True) else 'plain'}, "
+        f"flash attention {'on' if report.machine.get('flash_attn', True) else 'off'}"
         + (f", mean of {report.rounds} interleaved rounds" if report.rounds > 1 else ""),
         "",
         f"{'operation':<10} {'wall s':>8} {'x cmp':>6} {'judg':>5} {'prefill t/s':>11} {'decode t/s':>10} "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import tempfile
 import threading
 import time
 from collections import deque
@@ -177,6 +178,8 @@ class EngineStats:
     grammar_fallbacks: int = 0
     drafted: int = 0
     accepted: int = 0
+    # Prompt tokens whose KV was read from a file on disk instead of computed.
+    restored_tokens: int = 0
 
     def snapshot(self) -> "EngineStats":
         return EngineStats(**self.__dict__)
@@ -240,9 +243,13 @@ class Engine:
         kv_type: str = "f16",
         speculative: bool | None = None,
         max_draft: int = 8,
+        repack: bool = True,
+        flash_attn: bool = True,
     ) -> None:
         _init_backend()
         self.model_path = str(model_path)
+        # llama.cpp's own version and the binding's: what decides the bytes of the KV it writes.
+        self.version = f"{_version_string()}/{getattr(llama, '__version__', '?')}"
         self.n_threads = n_threads or os.cpu_count() or 1
         self.gpu_offload = bool(llama.llama_supports_gpu_offload())
         if n_gpu_layers is None:
@@ -253,15 +260,23 @@ class Engine:
         self.kv_type = {"f16": GGML_TYPE_F16, "f32": GGML_TYPE_F32}[kv_type]
         # Prompt-lookup drafts pay off only where verifying a few tokens costs little more than one:
         # on a GPU. On a CPU the extra rows cost nearly their full price (see the README).
-        # On the CPU flash attention is off: its sums depend on which KV cells hold a sequence, so
-        # the same tokens decoded in another batch shape (a draft rolled back, a prefix reused)
-        # would drift; without it the CPU path gives the same logits whatever the batching.
+        # Flash attention skips the KV cells of other sequences; without it every token of a
+        # unified cache attends over all of them, which halves prefill speed when a few other
+        # prompts are cached (3B, CPU: 23 against 44 tok/s with 5 cached). Its sums do depend on
+        # which cells hold a sequence, so a prefix reused or a draft rolled back can move logits
+        # by float rounding; flash_attn=False makes the CPU path batch-shape invariant.
+        self.flash_attn = flash_attn
         self.offloading = self.gpu_offload and n_gpu_layers > 0
         self.speculative = self.offloading if speculative is None else speculative
         self.max_draft = max_draft
+        # llama.cpp repacks CPU-resident weights for its matrix kernels (its default). On this
+        # project's AVX-512 test machine that decodes one sequence 1.3x faster and prefills 1.4x
+        # slower than the plain layout (see the README); the plain layout is also mmap-shared.
+        self.repack = repack
 
         params = llama.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        params.use_extra_bufts = repack
         if not Path(self.model_path).is_file():
             raise ModelError(f"model file not found: {self.model_path}")
         self._model = llama.llama_model_load_from_file(self.model_path.encode(), params)
@@ -278,6 +293,8 @@ class Engine:
         self._slot_used: list[float] = []
         self.stats = EngineStats()
         self._lock = threading.Lock()
+        # A prefix whose KV is kept in a file (the fixed instruction head): see `keep_prefix_on_disk`.
+        self._disk_prefix: tuple[list[int], Path] | None = None
 
         attrs = np.fromiter(
             (llama.llama_vocab_get_attr(self._vocab, i) for i in range(self.n_vocab)),
@@ -396,7 +413,7 @@ class Engine:
         params.type_v = self.kv_type
         params.no_perf = True
         params.flash_attn_type = (
-            llama.LLAMA_FLASH_ATTN_TYPE_AUTO if self.offloading else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            llama.LLAMA_FLASH_ATTN_TYPE_AUTO if self.flash_attn else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         # Rows of logits one sequence may ask for in a batch: its token plus its drafts.
         params.n_outputs_max_per_seq = max(1, self.max_draft + 1)
@@ -433,6 +450,100 @@ class Engine:
             self.close()
         except Exception:
             pass
+
+    def kv_identity(self) -> str:
+        """What the values in this engine's KV cache depend on besides the model and the tokens:
+        the build (version, CPU features, backends), the weights layout, offload, attention, KV type."""
+        try:
+            system = llama.llama_print_system_info().decode("utf-8", "replace")
+        except Exception:  # pragma: no cover - binding without it
+            system = "?"
+        return "|".join([
+            self.version,
+            system.strip(),
+            ",".join(_backend_names()),
+            f"repack={self.repack}",
+            f"gpu_layers={self.n_gpu_layers if self.offloading else 0}",
+            f"flash_attn={'auto' if self.flash_attn else 'off'}",
+            f"kv={self.kv_type}",
+        ])
+
+    def keep_prefix_on_disk(self, tokens: Sequence[int] | None, path: str | os.PathLike[str] | None) -> None:
+        """Before each run, make sure some slot holds `tokens`: read from `path`, or computed once
+        and written there. A new process then skips the prefill of the fixed instruction head.
+
+        The caller keys `path` by everything the KV depends on (model hash, weights layout,
+        offload, llama.cpp version); the file also records its tokens, checked on every read.
+        None turns it off.
+        """
+        self._disk_prefix = None if tokens is None or path is None or len(tokens) < 2 else (list(tokens), Path(path))
+
+    def _restore_disk_prefix(self) -> None:
+        if self._disk_prefix is None:
+            return
+        tokens, path = self._disk_prefix
+        if len(tokens) >= self.n_ctx_seq or any(_common_prefix(t, tokens) == len(tokens) for t in self._slot_tokens):
+            return
+        slot = min(range(len(self._slot_tokens)), key=lambda s: self._slot_used[s])
+        llama.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        self._slot_tokens[slot] = []
+        self._slot_used[slot] = time.monotonic()
+        if self._load_sequence(path, slot, tokens):
+            self._slot_tokens[slot] = list(tokens)
+            self.stats.restored_tokens += len(tokens)
+            return
+        started = time.perf_counter()
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start:start + self.n_batch]
+            for j, token in enumerate(chunk):
+                self._batch.token[j] = token
+                self._batch.pos[j] = start + j
+                self._batch.n_seq_id[j] = 1
+                self._batch.seq_id[j][0] = slot
+                self._batch.logits[j] = False
+            self._batch.n_tokens = len(chunk)
+            if llama.llama_decode(self._ctx, self._batch) != 0:
+                llama.llama_memory_seq_rm(self._mem, slot, -1, -1)
+                raise EngineError("llama_decode failed: " + _last_errors())
+        if self.offloading:
+            llama.llama_synchronize(self._ctx)
+        self.stats.prefill_seconds += time.perf_counter() - started
+        self.stats.prompt_tokens += len(tokens)
+        self._slot_tokens[slot] = list(tokens)
+        _save_sequence(self._ctx, path, slot, tokens)
+
+    def _load_sequence(self, path: Path, slot: int, tokens: list[int]) -> bool:
+        """Read a sequence file into `slot` if it holds exactly `tokens` at positions 0..n-1.
+
+        A file written by another build, cut short, damaged or recording other tokens is refused
+        (llama.cpp checks its layout; we check the tokens and the positions it filled).
+        """
+        try:
+            if not path.is_file():
+                return False
+            capacity = len(tokens) + 1
+            read_tokens = (llama.llama_token * capacity)()
+            count = ctypes.c_size_t(0)
+            read = llama.llama_state_seq_load_file(
+                self._ctx, os.fsencode(path), slot, read_tokens, capacity, ctypes.byref(count)
+            )
+        except OSError:
+            read = 0
+        ok = (
+            bool(read)
+            and list(read_tokens[: count.value]) == tokens
+            and llama.llama_memory_seq_pos_min(self._mem, slot) == 0
+            and llama.llama_memory_seq_pos_max(self._mem, slot) == len(tokens) - 1
+        )
+        if not ok:
+            llama.llama_memory_seq_rm(self._mem, slot, -1, -1)
+            _last_errors()  # what llama.cpp logged about the refused file is not the next error's cause
+            return False
+        try:
+            os.utime(path)  # pruning keeps the files in use
+        except OSError:
+            pass
+        return True
 
     def clear_cache(self) -> None:
         """Forget every cached prefix (the next request evaluates its whole prompt)."""
@@ -480,6 +591,7 @@ class Engine:
             longest = max(len(r.prompt) + (0 if r.at_answer_slot else r.max_think_tokens + 16) for r in requests)
             if self._ctx is None or longest > self.n_ctx_seq:
                 self.ensure_context(_round_up(longest, 256))
+            self._restore_disk_prefix()
             yield from self._run(list(requests))
 
     def _run(self, requests: list[GenerationRequest]) -> Iterator[tuple[int, Generation]]:
@@ -770,6 +882,29 @@ def _make_chain(spec: SamplerSpec) -> Any:
             llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_p(spec.top_p, 1))
         llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(spec.seed & 0xFFFFFFFF))
     return chain
+
+
+def _save_sequence(ctx: Any, path: Path, slot: int, tokens: list[int]) -> None:
+    """Write a sequence's KV under a temporary name, then rename: readers never see half a file.
+    The file is only a cache: a failure to write it is not an error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        os.close(fd)
+    except OSError:
+        return
+    tmp = Path(name)
+    try:
+        array = (llama.llama_token * len(tokens))(*tokens)
+        if llama.llama_state_seq_save_file(ctx, os.fsencode(tmp), slot, array, len(tokens)):
+            os.replace(tmp, path)
+    except OSError:
+        pass
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -7,8 +7,11 @@ as given (a judgment shown in order "BA" prefers input b when the model writes A
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+from array import array
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
@@ -86,10 +89,21 @@ class _Task:
 class Judge:
     """A GRAM-RR judge over one loaded model. Not thread-safe: one operation at a time."""
 
-    def __init__(self, engine: Engine, *, model: ModelInfo, settings: JudgeSettings | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        model: ModelInfo,
+        settings: JudgeSettings | None = None,
+        head_cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.engine = engine
         self.model = model
         self.settings = settings or JudgeSettings()
+        # Where the instruction head's KV is kept between processes (None: in memory only).
+        self.head_cache_dir = Path(head_cache_dir) if head_cache_dir is not None else None
+        self._heads: dict[str, list[int]] = {}
+        self._pruned = False
         template = engine.metadata.chat_template
         if is_llama3_template(template) or (template is None and "<|start_header_id|>" in engine.special_texts):
             self.chat_format = "llama-3"
@@ -157,6 +171,37 @@ class Judge:
         self._check_fits(len(tokens), self.settings)
         return PromptView(text=pieces_text(pieces), tokens=tokens, model=self.model)
 
+    def head_tokens(self, settings: JudgeSettings | None = None) -> list[int]:
+        """The tokens every prompt starts with: the chat header and the instructions before the question.
+
+        Found as the common prefix of prompts for unlike questions, so a question whose first
+        characters merge with the text before it (BPE) cannot make the head wrong.
+        """
+        settings = settings or self.settings
+        if settings.date not in self._heads:
+            probes = ("x", "\n\n1", " !", "]", "日本")
+            prompts = [self.tokenize_pieces(self.render(q, "y", "z", settings=settings)) for q in probes]
+            n = min(_common_prefix(prompts[0], p) for p in prompts[1:])
+            self._heads[settings.date] = prompts[0][:n]
+        return self._heads[settings.date]
+
+    def head_cache_path(self, settings: JudgeSettings | None = None) -> Path | None:
+        """The file for the head's KV: keyed by the model's SHA-256, what shapes the KV values
+        (weights layout, offload, llama.cpp version) and the head's tokens."""
+        if self.head_cache_dir is None or not self.model.sha256:
+            return None
+        key = hashlib.sha256()
+        key.update(f"{self.model.sha256}|{self.engine.kv_identity()}|".encode())
+        key.update(array("i", self.head_tokens(settings)).tobytes())
+        return self.head_cache_dir / f"head-{key.hexdigest()[:32]}.kv"
+
+    def _prepare_head(self, settings: JudgeSettings) -> None:
+        path = self.head_cache_path(settings)
+        self.engine.keep_prefix_on_disk(self.head_tokens(settings) if path else None, path)
+        if path is not None and not self._pruned:
+            self._pruned = True
+            _prune_head_cache(path.parent, keep=path)
+
     def _check_fits(self, n_tokens: int, settings: JudgeSettings) -> None:
         limit = settings.n_ctx or self.engine.n_ctx_train
         room = limit - settings.max_think_tokens - _ANSWER_MARGIN
@@ -181,6 +226,7 @@ class Judge:
     def _run(self, tasks: list[_Task], settings: JudgeSettings) -> tuple[list[Judgment], Timings]:
         started = time.perf_counter()
         before = self.engine.stats.snapshot()
+        self._prepare_head(settings)
         generations = self.engine.generate([t.request for t in tasks])
         timings = _timings(self.engine.stats.since(before), time.perf_counter() - started)
         return [self._judgment(t, g, settings) for t, g in zip(tasks, generations)], timings
@@ -298,6 +344,7 @@ class Judge:
             yield from finished
 
         yield from ready()
+        self._prepare_head(settings)
         for index, generation in self.engine.generate_iter([t.request for t in flat]):
             done.setdefault(owner[index], {})[index] = self._judgment(flat[index], generation, settings)
             yield from ready()
@@ -432,6 +479,7 @@ def _timings(stats: EngineStats, wall: float) -> Timings:
         decode_seconds=round(stats.decode_seconds, 4),
         prefill_tokens_per_s=round(stats.prompt_tokens / stats.prefill_seconds, 2) if stats.prefill_seconds else None,
         decode_tokens_per_s=round(stats.generated_tokens / stats.decode_seconds, 2) if stats.decode_seconds else None,
+        restored_tokens=stats.restored_tokens,
     )
 
 
@@ -443,7 +491,47 @@ def _scale_timings(t: Timings, factor: float) -> Timings:
         generated_tokens=round(t.generated_tokens * factor),
         prefill_seconds=round(t.prefill_seconds * factor, 4),
         decode_seconds=round(t.decode_seconds * factor, 4),
+        restored_tokens=round(t.restored_tokens * factor),
     )
+
+
+#: Head files kept in the cache folder (one per model, date and build; ~50 MB each for 3B).
+HEAD_CACHE_FILES = 8
+
+
+def _prune_head_cache(folder: Path, *, keep: Path) -> None:
+    """Remove all but the newest (most recently used) head files, and temporary files that an
+    interrupted write left (old ones only: another process may be writing a new one)."""
+    now = time.time()
+    heads: list[tuple[float, Path]] = []
+    leftovers: list[Path] = []
+    try:
+        entries = [p for p in folder.glob("head-*") if p != keep]
+    except OSError:
+        return
+    for p in entries:
+        try:
+            mtime = p.stat().st_mtime
+        except OSError:
+            continue
+        if p.suffix == ".kv":
+            heads.append((mtime, p))
+        elif now - mtime > 600:
+            leftovers.append(p)
+    heads.sort(reverse=True)
+    for stale in leftovers + [p for _, p in heads[HEAD_CACHE_FILES - 1:]]:
+        try:
+            stale.unlink()
+        except OSError:
+            pass
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def load_judge(
@@ -455,6 +543,9 @@ def load_judge(
     n_gpu_layers: int | None = None,
     n_parallel: int = 8,
     speculative: bool | None = None,
+    repack: bool = True,
+    flash_attn: bool = True,
+    head_cache: bool | str | os.PathLike[str] = True,
     date: str = DEFAULT_DATE,
     max_think_tokens: int = 2048,
     temperature: float = 0.0,
@@ -488,11 +579,19 @@ def load_judge(
         n_gpu_layers=n_gpu_layers,
         n_parallel=n_parallel,
         speculative=speculative,
+        repack=repack,
+        flash_attn=flash_attn,
     )
     info = ModelInfo(
         path=str(resolved.path), name=resolved.name, sha256=resolved.sha256, quantization=resolved.quant or _quant_name(engine)
     )
-    return Judge(engine, model=info, settings=settings)
+    if head_cache is True:
+        from gram_local.models import store_home
+
+        head_cache_dir: str | os.PathLike[str] | None = store_home() / "kv-cache"
+    else:
+        head_cache_dir = head_cache or None
+    return Judge(engine, model=info, settings=settings, head_cache_dir=head_cache_dir)
 
 
 def _quant_name(engine: Engine) -> str | None:

@@ -75,6 +75,8 @@ class Timings(_Serializable):
     decode_seconds: float = 0.0
     prefill_tokens_per_s: float | None = None
     decode_tokens_per_s: float | None = None
+    # Prompt tokens whose KV was read from the on-disk head cache instead of computed.
+    restored_tokens: int = 0
 
 
 @dataclass

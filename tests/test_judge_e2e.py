@@ -88,8 +88,7 @@ def test_vote_counts_k_sampled_judgments_reproducibly(judge) -> None:
     assert r.settings["temperature"] == 0.6 and r.settings["top_p"] == 0.9
     if r.votes["a"] != r.votes["b"]:
         assert r.winner == max(r.votes, key=r.votes.get)
-    # Same seed, same cache state: the same samples. (A warm prefix cache evaluates the prompt in
-    # other batch shapes, which moves logits by float rounding, so compare from a cold cache.)
+    # Same seed, same cache state (only the instruction head, from memory or disk): the same samples.
     judge.engine.clear_cache()
     again = judge.vote(QUESTION, GOOD, BAD, k=3)
     assert [j.output for j in again.judgments] == [j.output for j in r.judgments]
@@ -164,13 +163,21 @@ def test_batched_and_one_at_a_time_agree(smollm2_path) -> None:
 
 def test_prompt_lookup_drafts_are_accepted_and_change_nothing(smollm2_path) -> None:
     """SmolLM2 copies the prompt's format block into its rationale, so drafts get accepted, and
-    the greedy tokens are plain decoding's. (With flash attention on, which the CPU path turns
-    off, a rolled-back draft moves later tokens to other KV cells and near-ties can flip: then the
-    tokens must agree up to a place where the top two logits nearly tie.)"""
+    the greedy tokens are plain decoding's. Without flash attention the CPU path is batch-shape
+    invariant, so the tokens are identical. With it (the default), a rolled-back draft moves later
+    tokens to other KV cells and near-ties can flip: then the tokens must agree up to a place
+    where the top two logits nearly tie."""
     from gram_local import load_judge
 
-    plain = load_judge(smollm2_path, max_think_tokens=48, n_parallel=1, speculative=False)
-    spec = load_judge(smollm2_path, max_think_tokens=48, n_parallel=1, speculative=True)
+    for flash_attn in (False, True):
+        _check_drafts(smollm2_path, flash_attn)
+
+
+def _check_drafts(smollm2_path, flash_attn: bool) -> None:
+    from gram_local import load_judge
+
+    plain = load_judge(smollm2_path, max_think_tokens=48, n_parallel=1, speculative=False, flash_attn=flash_attn)
+    spec = load_judge(smollm2_path, max_think_tokens=48, n_parallel=1, speculative=True, flash_attn=flash_attn)
     request = plain._request(QUESTION, GOOD, BAD, plain._sampler(plain.settings), plain.settings)
     a = plain.engine.generate([request])[0]
     b = spec.engine.generate([request])[0]
@@ -182,9 +189,10 @@ def test_prompt_lookup_drafts_are_accepted_and_change_nothing(smollm2_path) -> N
     else:
         logits = plain.engine.next_token_logits(request.prompt + a.tokens[:diverge])
         top = sorted(logits.tolist(), reverse=True)[:2]
-        assert spec.engine.offloading, "on the CPU path decoding must not depend on drafts"
+        assert spec.engine.offloading or flash_attn, "without flash attention the CPU path must not depend on drafts"
         assert top[0] - top[1] < 0.25, f"diverged at {diverge} where the top two logits differ by {top[0] - top[1]}"
-        assert logits[a.tokens[diverge]] == top[0] and logits[b.tokens[diverge]] >= top[1] - 1e-4
+        # A cold evaluation is yet another batch shape: both picks are among the near-tied top.
+        assert logits[a.tokens[diverge]] >= top[0] - 0.25 and logits[b.tokens[diverge]] >= top[0] - 0.25
 
 
 def test_llama3_vocabulary_facts(llama3_judge) -> None:

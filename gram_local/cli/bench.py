@@ -50,6 +50,7 @@ def bench_command(
     0.6, top-p 0.9). Each operation starts with an empty prefix cache. Prints prefill and decode
     tokens/s, the grammar's share of decode time, wall time per operation and its ratio to one
     compare, and prompt tokens evaluated against the unique prompt tokens of the operation.
+    The on-disk head cache is not used (--head-cache is ignored): the head is part of the cold cost.
     """
     from gram_local.bench import BenchRunner, WorkloadSpec, format_report, parse_operations
     from gram_local.judge import load_judge
@@ -74,6 +75,9 @@ def bench_command(
         n_gpu_layers=opts.get("n_gpu_layers"),
         n_parallel=opts.get("parallel") or 8,
         speculative=speculative,
+        repack=opts.get("repack", True),
+        flash_attn=opts.get("flash_attn", True),
+        head_cache=False,  # every operation starts cold, the instruction head included
         date=opts["date"],
         max_think_tokens=think_tokens,
         allow_close=False,

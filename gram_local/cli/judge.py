@@ -209,7 +209,7 @@ def doctor(model: str | None, quant: str | None, n_gpu_layers: int | None, as_js
     if model:
         from gram_local.judge import load_judge
 
-        judge = load_judge(model, quant=quant, n_gpu_layers=n_gpu_layers, max_think_tokens=8)
+        judge = load_judge(model, quant=quant, n_gpu_layers=n_gpu_layers, max_think_tokens=8, head_cache=False)
         engine = judge.engine
         meta = engine.metadata
         info["model"] = {
