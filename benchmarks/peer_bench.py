@@ -320,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also judge this many pairs with distinct questions, both orders, as one batch (0: skip)")
     parser.add_argument("--repack", action=argparse.BooleanOptionalAction, default=True,
                         help="repacked CPU weights (llama.cpp's default) for gram-local and the bare loop")
-    parser.add_argument("--gl-flash-attn", action=argparse.BooleanOptionalAction, default=True,
-                        help="gram-local's flash attention (its default: on)")
+    parser.add_argument("--gl-flash-attn", action=argparse.BooleanOptionalAction, default=None,
+                        help="gram-local's flash attention (default: the engine's, on with 8 sequences)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--n-gpu-layers", type=int, default=None, help="default: all when the build can offload")
     parser.add_argument("--speculative-check", action="store_true",

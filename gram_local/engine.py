@@ -244,7 +244,7 @@ class Engine:
         speculative: bool | None = None,
         max_draft: int = 8,
         repack: bool = True,
-        flash_attn: bool = True,
+        flash_attn: bool | None = None,
     ) -> None:
         _init_backend()
         self.model_path = str(model_path)
@@ -264,9 +264,10 @@ class Engine:
         # unified cache attends over all of them, which halves prefill speed when a few other
         # prompts are cached (3B, CPU: 23 against 44 tok/s with 5 cached). Its sums do depend on
         # which cells hold a sequence, so a prefix reused or a draft rolled back can move logits
-        # by float rounding; flash_attn=False makes the CPU path batch-shape invariant.
-        self.flash_attn = flash_attn
+        # by float rounding; flash_attn=False makes the CPU path batch-shape invariant. Default: on
+        # when offloading or when several sequences share the cache.
         self.offloading = self.gpu_offload and n_gpu_layers > 0
+        self.flash_attn = (self.offloading or n_parallel > 1) if flash_attn is None else flash_attn
         self.speculative = self.offloading if speculative is None else speculative
         self.max_draft = max_draft
         # llama.cpp repacks CPU-resident weights for its matrix kernels (its default). On this

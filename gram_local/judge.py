@@ -544,7 +544,7 @@ def load_judge(
     n_parallel: int = 8,
     speculative: bool | None = None,
     repack: bool = True,
-    flash_attn: bool = True,
+    flash_attn: bool | None = None,
     head_cache: bool | str | os.PathLike[str] = True,
     date: str = DEFAULT_DATE,
     max_think_tokens: int = 2048,

@@ -76,7 +76,7 @@ def bench_command(
         n_parallel=opts.get("parallel") or 8,
         speculative=speculative,
         repack=opts.get("repack", True),
-        flash_attn=opts.get("flash_attn", True),
+        flash_attn=opts.get("flash_attn"),
         head_cache=False,  # every operation starts cold, the instruction head included
         date=opts["date"],
         max_think_tokens=think_tokens,

@@ -51,8 +51,9 @@ def judge_options(func: F) -> F:
         _opt("--repack/--no-repack", env_name="repack", default=True, show_default=True,
              help="Repack CPU weights for llama.cpp's matrix kernels: faster one-sequence decoding; "
                   "--no-repack prefills faster on some CPUs (see the README)."),
-        _opt("--flash-attn/--no-flash-attn", env_name="flash_attn", default=True, show_default=True,
-             help="Flash attention: faster with several sequences; off, CPU logits do not depend on batching."),
+        _opt("--flash-attn/--no-flash-attn", env_name="flash_attn", default=None,
+             help="Flash attention [default: on with GPU offload or --parallel over 1]: faster prefill with "
+                  "several sequences cached; off, CPU logits do not depend on batching."),
         _opt("--head-cache/--no-head-cache", env_name="head_cache", default=True, show_default=True,
              help="Keep the instruction head's KV on disk (keyed by the model's SHA-256), so a new "
                   "process skips its prefill."),
@@ -80,7 +81,7 @@ def open_judge(opts: dict[str, Any], **overrides: Any) -> Any:
         "n_parallel": opts.get("parallel") or 8,
         "repack": opts.get("repack", True),
         "head_cache": opts.get("head_cache", True),
-        "flash_attn": opts.get("flash_attn", True),
+        "flash_attn": opts.get("flash_attn"),
         "date": opts["date"],
         "max_think_tokens": 0 if opts.get("no_think") else opts["max_think_tokens"],
         "temperature": 0.0 if temperature is None else temperature,
