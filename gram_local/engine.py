@@ -10,6 +10,7 @@ reused, and all running sequences advance together in one batch per step.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 import tempfile
@@ -452,6 +453,7 @@ class Engine:
         except Exception:
             pass
 
+    @functools.cached_property
     def kv_identity(self) -> str:
         """What the values in this engine's KV cache depend on besides the model and the tokens:
         the build (version, CPU features, backends), the weights layout, offload, attention, KV type."""
@@ -483,7 +485,7 @@ class Engine:
         if self._disk_prefix is None:
             return
         tokens, path = self._disk_prefix
-        if len(tokens) >= self.n_ctx_seq or any(_common_prefix(t, tokens) == len(tokens) for t in self._slot_tokens):
+        if len(tokens) >= self.n_ctx_seq or any(common_prefix(t, tokens) == len(tokens) for t in self._slot_tokens):
             return
         slot = min(range(len(self._slot_tokens)), key=lambda s: self._slot_used[s])
         llama.llama_memory_seq_rm(self._mem, slot, -1, -1)
@@ -494,18 +496,11 @@ class Engine:
             self.stats.restored_tokens += len(tokens)
             return
         started = time.perf_counter()
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = tokens[start:start + self.n_batch]
-            for j, token in enumerate(chunk):
-                self._batch.token[j] = token
-                self._batch.pos[j] = start + j
-                self._batch.n_seq_id[j] = 1
-                self._batch.seq_id[j][0] = slot
-                self._batch.logits[j] = False
-            self._batch.n_tokens = len(chunk)
-            if llama.llama_decode(self._ctx, self._batch) != 0:
-                llama.llama_memory_seq_rm(self._mem, slot, -1, -1)
-                raise EngineError("llama_decode failed: " + _last_errors())
+        try:
+            self._evaluate(tokens, slot, logits_last=False)
+        except EngineError:
+            llama.llama_memory_seq_rm(self._mem, slot, -1, -1)
+            raise
         if self.offloading:
             llama.llama_synchronize(self._ctx)
         self.stats.prefill_seconds += time.perf_counter() - started
@@ -552,23 +547,26 @@ class Engine:
             llama.llama_memory_clear(self._mem, True)
             self._slot_tokens = [[] for _ in self._slot_tokens]
 
+    def _evaluate(self, tokens: Sequence[int], seq: int, *, logits_last: bool) -> None:
+        """Decode `tokens` from position 0 into sequence `seq`, in chunks of n_batch."""
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start:start + self.n_batch]
+            for j, token in enumerate(chunk):
+                self._batch.token[j] = token
+                self._batch.pos[j] = start + j
+                self._batch.n_seq_id[j] = 1
+                self._batch.seq_id[j][0] = seq
+                self._batch.logits[j] = logits_last and start + j == len(tokens) - 1
+            self._batch.n_tokens = len(chunk)
+            if llama.llama_decode(self._ctx, self._batch) != 0:
+                raise EngineError("llama_decode failed: " + _last_errors())
+
     def next_token_logits(self, tokens: Sequence[int]) -> np.ndarray:
         """The model's logits after `tokens`, from a cold evaluation (for checks and diagnostics)."""
         with self._lock:
             self.ensure_context(_round_up(len(tokens) + 1, 256))
             self.clear_cache()
-            logits = None
-            for start in range(0, len(tokens), self.n_batch):
-                chunk = tokens[start:start + self.n_batch]
-                for j, token in enumerate(chunk):
-                    self._batch.token[j] = token
-                    self._batch.pos[j] = start + j
-                    self._batch.n_seq_id[j] = 1
-                    self._batch.seq_id[j][0] = 0
-                    self._batch.logits[j] = start + j == len(tokens) - 1
-                self._batch.n_tokens = len(chunk)
-                if llama.llama_decode(self._ctx, self._batch) != 0:
-                    raise EngineError("llama_decode failed: " + _last_errors())
+            self._evaluate(tokens, 0, logits_last=True)
             ptr = llama.llama_get_logits_ith(self._ctx, -1)
             logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
             self.clear_cache()
@@ -628,9 +626,9 @@ class Engine:
         """
         if not active:
             return False
-        have = max((_common_prefix(tokens, prompt) for tokens in self._slot_tokens), default=0)
+        have = max((common_prefix(tokens, prompt) for tokens in self._slot_tokens), default=0)
         coming = max(
-            (_common_prefix(self._slot_tokens[s.slot] + s.pending, prompt) for s in active if not s.prompt_done),
+            (common_prefix(self._slot_tokens[s.slot] + s.pending, prompt) for s in active if not s.prompt_done),
             default=0,
         )
         return coming - have >= _WAIT_FOR_PREFIX
@@ -643,7 +641,7 @@ class Engine:
         # The longest cached prefix anywhere (running or idle sequences) is shared, not recomputed.
         best_src, best_len = -1, 0
         for slot, tokens in enumerate(self._slot_tokens):
-            n = _common_prefix(tokens, prompt)
+            n = common_prefix(tokens, prompt)
             if n > best_len or (n == best_len and n > 0 and slot in free and best_src not in free):
                 best_src, best_len = slot, n
         best_len = min(best_len, len(prompt) - 1)  # the last prompt token must be decoded for logits
@@ -912,7 +910,8 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two token lists share."""
     n = min(len(a), len(b))
     if n == 0:
         return 0

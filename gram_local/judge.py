@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
 from gram_local import __version__
-from gram_local.engine import Engine, EngineStats, Generation, GenerationRequest, SamplerSpec
+from gram_local.engine import Engine, EngineStats, Generation, GenerationRequest, SamplerSpec, common_prefix
 from gram_local.errors import ContextOverflowError, GramLocalError, InputError, ModelError
 from gram_local.grammar import ANSWER_CLOSE, ANSWER_SLOT_PREFIX, parse_reply
 from gram_local.prompt import (
@@ -181,7 +181,7 @@ class Judge:
         if settings.date not in self._heads:
             probes = ("x", "\n\n1", " !", "]", "日本")
             prompts = [self.tokenize_pieces(self.render(q, "y", "z", settings=settings)) for q in probes]
-            n = min(_common_prefix(prompts[0], p) for p in prompts[1:])
+            n = min(common_prefix(prompts[0], p) for p in prompts[1:])
             self._heads[settings.date] = prompts[0][:n]
         return self._heads[settings.date]
 
@@ -191,7 +191,7 @@ class Judge:
         if self.head_cache_dir is None or not self.model.sha256:
             return None
         key = hashlib.sha256()
-        key.update(f"{self.model.sha256}|{self.engine.kv_identity()}|".encode())
+        key.update(f"{self.model.sha256}|{self.engine.kv_identity}|".encode())
         key.update(array("i", self.head_tokens(settings)).tobytes())
         return self.head_cache_dir / f"head-{key.hexdigest()[:32]}.kv"
 
@@ -525,13 +525,6 @@ def _prune_head_cache(folder: Path, *, keep: Path) -> None:
         except OSError:
             pass
 
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def load_judge(
