@@ -382,9 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     # (b) bare loop, interleaved with warm gram-local compares (prompt cached: decode only).
     log("(b) bare llama.cpp loop")
     n_ctx = -(-(len(prompt) + THINK_TOKENS + 16) // 256) * 256
-    # The engine turns flash attention off on the CPU (batch-shape invariant logits): the peers
-    # run with the same attention unless told otherwise, so the ratios compare like with like.
-    engine_fa = "auto" if getattr(engine, "flash_attn", True) else "off"
+    # The peers run with the engine's attention (on with several sequences or offload, else off)
+    # unless told otherwise, so the ratios compare like with like.
+    engine_fa = "auto" if engine.flash_attn else "off"
     fa_name = engine_fa if args.flash_attn == "engine" else args.flash_attn
     fa = {"auto": -1, "off": 0, "on": 1}[fa_name]
     results["flash_attn"] = {"engine": engine_fa, "peers": fa_name}

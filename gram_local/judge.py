@@ -526,7 +526,6 @@ def _prune_head_cache(folder: Path, *, keep: Path) -> None:
             pass
 
 
-
 def load_judge(
     model: str | os.PathLike[str],
     *,
