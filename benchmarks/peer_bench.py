@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repack", action=argparse.BooleanOptionalAction, default=True,
                         help="repacked CPU weights (llama.cpp's default) for gram-local and the bare loop")
     parser.add_argument("--gl-flash-attn", action=argparse.BooleanOptionalAction, default=None,
-                        help="gram-local's flash attention (default: the engine's, on with 8 sequences)")
+                        help="gram-local's flash attention (default: the engine's: off on a CPU, on when offloaded)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--n-gpu-layers", type=int, default=None, help="default: all when the build can offload")
     parser.add_argument("--speculative-check", action="store_true",
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     # (b) bare loop, interleaved with warm gram-local compares (prompt cached: decode only).
     log("(b) bare llama.cpp loop")
     n_ctx = -(-(len(prompt) + THINK_TOKENS + 16) // 256) * 256
-    # The peers run with the engine's attention (on with several sequences or offload, else off)
+    # The peers run with the engine's attention (off on a CPU with KV streams, on when offloaded)
     # unless told otherwise, so the ratios compare like with like.
     engine_fa = "auto" if engine.flash_attn else "off"
     fa_name = engine_fa if args.flash_attn == "engine" else args.flash_attn

@@ -352,6 +352,7 @@ class BenchRunner:
                 "speculative": engine.speculative,
                 "repack": engine.repack,
                 "flash_attn": engine.flash_attn,
+                "kv_unified": engine.kv_unified,
             },
             workload=asdict(self.spec) | {"reference": self.spec.is_reference},
             prompt_tokens_per_judgment=len(self.prompt(0, 1)),
@@ -445,7 +446,8 @@ def format_report(report: BenchReport) -> str:
         f"machine: {report.machine['threads']} threads, {report.machine['n_gpu_layers']} GPU layers, "
         f"{report.machine['n_parallel']} sequences, speculative {'on' if report.machine['speculative'] else 'off'}, "
         f"weights {'repacked' if report.machine.get('repack', True) else 'plain'}, "
-        f"flash attention {'on' if report.machine.get('flash_attn', True) else 'off'}"
+        f"flash attention {'on' if report.machine.get('flash_attn', True) else 'off'}, "
+        f"KV {'unified' if report.machine.get('kv_unified', True) else 'one stream per sequence'}"
         + (f", mean of {report.rounds} interleaved rounds" if report.rounds > 1 else ""),
         "",
         f"{'operation':<10} {'wall s':>8} {'x cmp':>6} {'judg':>5} {'prefill t/s':>11} {'decode t/s':>10} "

@@ -3,8 +3,9 @@
 The engine speaks in token ids. A `GenerationRequest` is a prompt (ending with `<think>\\n`) and a
 sampler; the engine runs the think block under the format grammar, closes it itself at the think
 budget, and stops at the answer slot with the logits of `A` and `B`. Requests share one context:
-each runs in its own sequence of a unified KV cache, shared prompt prefixes are evaluated once and
-reused, and all running sequences advance together in one batch per step.
+each runs in its own KV sequence (its own stream on a CPU, one unified cache when offloaded),
+shared prompt prefixes are evaluated once and reused, and all running sequences advance together
+in one batch per step.
 """
 
 from __future__ import annotations
@@ -181,6 +182,8 @@ class EngineStats:
     accepted: int = 0
     # Prompt tokens whose KV was read from a file on disk instead of computed.
     restored_tokens: int = 0
+    # Running sequences moved to a lower KV stream to keep one micro-batch per step.
+    moved: int = 0
 
     def snapshot(self) -> "EngineStats":
         return EngineStats(**self.__dict__)
@@ -246,6 +249,7 @@ class Engine:
         max_draft: int = 8,
         repack: bool = True,
         flash_attn: bool | None = None,
+        kv_unified: bool | None = None,
     ) -> None:
         _init_backend()
         self.model_path = str(model_path)
@@ -261,14 +265,24 @@ class Engine:
         self.kv_type = {"f16": GGML_TYPE_F16, "f32": GGML_TYPE_F32}[kv_type]
         # Prompt-lookup drafts pay off only where verifying a few tokens costs little more than one:
         # on a GPU. On a CPU the extra rows cost nearly their full price (see the README).
-        # Flash attention skips the KV cells of other sequences; without it every token of a
-        # unified cache attends over all of them, which halves prefill speed when a few other
-        # prompts are cached (3B, CPU: 23 against 44 tok/s with 5 cached). Its sums do depend on
-        # which cells hold a sequence, so a prefix reused or a draft rolled back can move logits
-        # by float rounding; flash_attn=False makes the CPU path batch-shape invariant. Default: on
-        # when offloading or when several sequences share the cache.
+        # The KV layout. On a CPU each sequence gets its own KV stream: a token attends over its own
+        # sequence's cells only, so decoding eight 1.4k-token judgments together costs 616 ms a
+        # step instead of 1,008 in one unified cache (3B, 2 cores), and a lone decode stays fast
+        # while idle slots keep cached prompts. A shared prefix is then copied between streams
+        # rather than shared in place (a memory copy, no recompute). Offloaded, the cache stays
+        # unified as llama.cpp's server runs it.
         self.offloading = self.gpu_offload and n_gpu_layers > 0
-        self.flash_attn = (self.offloading or n_parallel > 1) if flash_attn is None else flash_attn
+        self.kv_unified = self.offloading if kv_unified is None else kv_unified
+        # Flash attention skips the cells of other sequences in a unified cache; without it every
+        # token there attends over all of them, which halves prefill speed when a few other
+        # prompts are cached. With streams there is nothing to skip and the CPU's plain attention
+        # is faster (8 sequences: 616 against 855 ms a step). Its sums depend on which cells hold
+        # a sequence, so a prefix reused or a draft rolled back can move logits by float
+        # rounding; flash_attn=False makes the CPU path batch-shape invariant. Default: on when
+        # offloading or when several sequences share one unified cache.
+        self.flash_attn = (
+            (self.offloading or (self.kv_unified and n_parallel > 1)) if flash_attn is None else flash_attn
+        )
         self.speculative = self.offloading if speculative is None else speculative
         self.max_draft = max_draft
         # llama.cpp repacks CPU-resident weights for its matrix kernels (its default). On this
@@ -392,8 +406,9 @@ class Engine:
     def ensure_context(self, n_ctx_seq: int, n_parallel: int | None = None) -> None:
         """A context where each of `n_parallel` sequences can hold `n_ctx_seq` tokens.
 
-        A unified KV cache of n_parallel x n_ctx_seq cells can never overflow: each slot holds at
-        most n_ctx_seq tokens and shared prefixes only save cells. Growing drops the prefix cache.
+        It can never overflow: a stream holds n_ctx_seq cells, one slot's worth; a unified cache of
+        n_parallel x n_ctx_seq cells holds every slot, and shared prefixes only save cells there.
+        Growing drops the prefix cache.
         """
         n_parallel = n_parallel or self.n_parallel
         if n_ctx_seq > self.n_ctx_train:
@@ -408,7 +423,7 @@ class Engine:
         params.n_batch = self.n_batch
         params.n_ubatch = self.n_batch
         params.n_seq_max = n_parallel
-        params.kv_unified = True
+        params.kv_unified = self.kv_unified
         params.n_threads = self.n_threads
         params.n_threads_batch = self.n_threads
         params.type_k = self.kv_type
@@ -645,7 +660,10 @@ class Engine:
             if n > best_len or (n == best_len and n > 0 and slot in free and best_src not in free):
                 best_src, best_len = slot, n
         best_len = min(best_len, len(prompt) - 1)  # the last prompt token must be decoded for logits
-        if best_src in free and best_len > 0:
+        if not self.kv_unified:
+            # Running sequences stay in the lowest slots (see `_compact`); a copy keeps its source.
+            slot = min(free)
+        elif best_src in free and best_len > 0:
             slot = best_src
         else:
             # Evict the idle slot that was used longest ago.
@@ -654,7 +672,7 @@ class Engine:
             llama.llama_memory_seq_rm(self._mem, slot, -1, -1)
             self._slot_tokens[slot] = []
             if best_len > 0:
-                llama.llama_memory_seq_cp(self._mem, best_src, slot, 0, best_len)
+                self._copy_prefix(best_src, slot, best_len)
                 self._slot_tokens[slot] = list(prompt[:best_len])
         else:
             llama.llama_memory_seq_rm(self._mem, slot, best_len, -1)
@@ -676,6 +694,18 @@ class Engine:
             seq.chain = _make_chain(request.sampler)
         return seq
 
+    def _copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Make slot `dst` hold the first `n` cells of slot `src`.
+
+        In a unified cache the cells are shared in place. Between streams llama.cpp copies only
+        whole streams (queued until the next decode, in order), so copy all and cut the tail.
+        """
+        if self.kv_unified:
+            llama.llama_memory_seq_cp(self._mem, src, dst, 0, n)
+        else:
+            llama.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+            llama.llama_memory_seq_rm(self._mem, dst, n, -1)
+
     def _finish(self, seq: _Sequence) -> None:
         for sampler in (seq.chain, seq.grammar):
             if sampler:
@@ -685,13 +715,14 @@ class Engine:
 
     def _fill_batch(self, active: list[_Sequence]) -> list[tuple[_Sequence, int, int]]:
         """Queue each sequence's next tokens; returns (sequence, first row, row count with logits)."""
-        batch = self._batch
+        if not self.kv_unified:
+            self._compact(active)
+        # Sequences that are generating get room first (one token each, plus drafts), then prompt
+        # chunks. Tokens are written in slot order: with KV streams llama.cpp puts only ascending,
+        # consecutive sequence ids in one micro-batch, and each extra one reads all the weights.
+        feeds: list[tuple[_Sequence, list[int], bool]] = []
         n = 0
-        prompt_tokens = 0
-        rows: list[tuple[_Sequence, int, int]] = []
-        # Sequences that are generating first (one token each, plus drafts), then prompt chunks.
-        ordered = sorted(active, key=lambda s: len(s.pending) > 1 + len(s.drafts))
-        for seq in ordered:
+        for seq in sorted(active, key=lambda s: len(s.pending) > 1 + len(s.drafts)):
             room = self.n_batch - n
             if room <= 0:
                 break
@@ -699,12 +730,18 @@ class Engine:
             feed = seq.pending[:room]
             with_logits_all = False
             if generating and seq.drafts and len(seq.pending) == 1:
-                drafts = seq.drafts[: max(0, room - 1)]
-                feed = seq.pending + drafts
-                seq.drafts = drafts
+                seq.drafts = seq.drafts[: max(0, room - 1)]
+                feed = seq.pending + seq.drafts
                 with_logits_all = True
             else:
                 seq.drafts = []
+            feeds.append((seq, feed, with_logits_all))
+            n += len(feed)
+        batch = self._batch
+        n = 0
+        prompt_tokens = 0
+        rows: list[tuple[_Sequence, int, int]] = []
+        for seq, feed, with_logits_all in sorted(feeds, key=lambda f: f[0].slot):
             tokens = self._slot_tokens[seq.slot]
             done_pending = len(feed) >= len(seq.pending)
             first = n
@@ -728,6 +765,26 @@ class Engine:
         batch.n_tokens = n
         self._batch_has_prompt = prompt_tokens > 0
         return rows
+
+    def _compact(self, active: list[_Sequence]) -> None:
+        """Keep the running sequences in the lowest slots, so one step is one micro-batch.
+
+        Moving a sequence copies its KV stream (one memory copy, queued for the next decode);
+        the slot it leaves keeps its tokens as a cached prefix.
+        """
+        busy = {s.slot for s in active}
+        for seq in sorted(active, key=lambda s: -s.slot):
+            lowest_free = min((s for s in range(len(self._slot_tokens)) if s not in busy), default=None)
+            if lowest_free is None or lowest_free > seq.slot:
+                break
+            llama.llama_memory_seq_rm(self._mem, lowest_free, -1, -1)
+            llama.llama_memory_seq_cp(self._mem, seq.slot, lowest_free, -1, -1)
+            self._slot_tokens[lowest_free] = list(self._slot_tokens[seq.slot])
+            self._slot_used[lowest_free] = self._slot_used[seq.slot] = time.monotonic()
+            busy.discard(seq.slot)
+            busy.add(lowest_free)
+            seq.slot = lowest_free
+            self.stats.moved += 1
 
     def _decode(self, rows: list[tuple[_Sequence, int, int]]) -> None:
         batch = self._batch

@@ -537,6 +537,7 @@ def load_judge(
     speculative: bool | None = None,
     repack: bool = True,
     flash_attn: bool | None = None,
+    kv_unified: bool | None = None,
     head_cache: bool | str | os.PathLike[str] = True,
     date: str = DEFAULT_DATE,
     max_think_tokens: int = 2048,
@@ -573,6 +574,7 @@ def load_judge(
         speculative=speculative,
         repack=repack,
         flash_attn=flash_attn,
+        kv_unified=kv_unified,
     )
     info = ModelInfo(
         path=str(resolved.path), name=resolved.name, sha256=resolved.sha256, quantization=resolved.quant or _quant_name(engine)
