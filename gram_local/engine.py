@@ -327,6 +327,12 @@ class Engine:
         self.token_b = self._single_token("B")
         self.metadata = self._read_metadata()
 
+    @property
+    def llama_model(self) -> Any:
+        """The loaded llama.cpp model, for a tool that runs its own context over the same weights
+        (the peer benchmark's bare loop). Valid until `close`."""
+        return self._model
+
     # ---------------------------------------------------------------- vocabulary
 
     def tokenize(self, text: str, *, special: bool = False, add_bos: bool = False) -> list[int]:
