@@ -278,7 +278,7 @@ class Engine:
         # prompts are cached. With streams there is nothing to skip and the CPU's plain attention
         # is faster (8 sequences: 616 against 855 ms a step). Its sums depend on which cells hold
         # a sequence, so a prefix reused or a draft rolled back can move logits by float
-        # rounding; flash_attn=False makes the CPU path batch-shape invariant. Default: on when
+        # rounding; without it they do not (how a step is batched still can). Default: on when
         # offloading or when several sequences share one unified cache.
         self.flash_attn = (
             (self.offloading or (self.kv_unified and n_parallel > 1)) if flash_attn is None else flash_attn

@@ -163,10 +163,10 @@ def test_batched_and_one_at_a_time_agree(smollm2_path) -> None:
 
 def test_prompt_lookup_drafts_are_accepted_and_change_nothing(smollm2_path) -> None:
     """SmolLM2 copies the prompt's format block into its rationale, so drafts get accepted, and
-    the greedy tokens are plain decoding's. Without flash attention the CPU path is batch-shape
-    invariant, so the tokens are identical. With it (the default), a rolled-back draft moves later
-    tokens to other KV cells and near-ties can flip: then the tokens must agree up to a place
-    where the top two logits nearly tie."""
+    the greedy tokens are plain decoding's. Without flash attention (the CPU default) the logits
+    do not depend on which KV cells hold a sequence, and the tokens are identical. With it, a
+    rolled-back draft moves later tokens to other KV cells and near-ties can flip: then the tokens
+    must agree up to a place where the top two logits nearly tie."""
     from gram_local import load_judge
 
     for flash_attn in (False, True):

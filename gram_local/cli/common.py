@@ -52,8 +52,8 @@ def judge_options(func: F) -> F:
              help="Repack CPU weights for llama.cpp's matrix kernels: faster one-sequence decoding; "
                   "--no-repack prefills faster on some CPUs (see the README)."),
         _opt("--flash-attn/--no-flash-attn", env_name="flash_attn", default=None,
-             help="Flash attention [default: on with GPU offload or --parallel over 1]: faster prefill with "
-                  "several sequences cached; off, CPU logits do not depend on batching."),
+             help="Flash attention [default: on with GPU offload; off on a CPU, where each sequence has its "
+                  "own KV stream and plain attention decodes faster]."),
         _opt("--head-cache/--no-head-cache", env_name="head_cache", default=True, show_default=True,
              help="Keep the instruction head's KV on disk (keyed by the model's SHA-256), so a new "
                   "process skips its prefill."),
