@@ -270,7 +270,7 @@ class Engine:
         # step instead of 1,008 in one unified cache (3B, 2 cores), and a lone decode stays fast
         # while idle slots keep cached prompts. A shared prefix is then copied between streams
         # rather than shared in place (a memory copy, no recompute). Offloaded, the cache stays
-        # unified as llama.cpp's server runs it.
+        # unified with flash attention, the layout measured on a GPU (streams were not).
         self.offloading = self.gpu_offload and n_gpu_layers > 0
         self.kv_unified = self.offloading if kv_unified is None else kv_unified
         # Flash attention skips the cells of other sequences in a unified cache; without it every
@@ -784,7 +784,7 @@ class Engine:
             if lowest_free is None or lowest_free > seq.slot:
                 break
             llama.llama_memory_seq_rm(self._mem, lowest_free, -1, -1)
-            llama.llama_memory_seq_cp(self._mem, seq.slot, lowest_free, -1, -1)
+            self._copy_prefix(seq.slot, lowest_free, len(self._slot_tokens[seq.slot]))
             self._slot_tokens[lowest_free] = list(self._slot_tokens[seq.slot])
             self._slot_used[lowest_free] = self._slot_used[seq.slot] = time.monotonic()
             busy.discard(seq.slot)
