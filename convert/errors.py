@@ -1,4 +1,4 @@
-"""The two ways a conversion ends badly, kept apart so the CLI can tell the user whose fault it was.
+"""The two ways a conversion ends badly (defined with every other error in `gram_local.errors`).
 
 `ConversionError` is the input's fault (not a checkpoint, an architecture or tokenizer we do not
 support, a missing tensor, a shape that contradicts the config): exit code 2, and it is always
@@ -8,12 +8,6 @@ quantize, the disk filled up): exit code 1.
 
 from __future__ import annotations
 
-from gram_local.errors import GramLocalError, InputError
+from gram_local.errors import ConversionError, ConversionFailed
 
-
-class ConversionError(InputError):
-    """The checkpoint (or the request) cannot be converted as given; nothing was written."""
-
-
-class ConversionFailed(GramLocalError):
-    """The conversion was valid but failed while running; partial outputs were removed."""
+__all__ = ["ConversionError", "ConversionFailed"]

@@ -35,33 +35,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from gram_local.errors import InputError
+from gram_local.errors import BatchUsageError, InputError, SettingsMismatchError
 
 OPS = ("compare", "vote", "rank", "best-of-n")
 METHODS = ("sort", "round-robin")
 DEFAULT_VOTES = 8
 DEFAULT_CHUNK = 8
-
-
-class BatchUsageError(InputError):
-    """The batch cannot start as asked (exit 2); nothing in OUT was changed."""
-
-
-class SettingsMismatchError(BatchUsageError):
-    """OUT holds results made with other settings: mixing them would make OUT meaningless."""
-
-    def __init__(self, path: Path, differences: Mapping[str, tuple[Any, Any]]) -> None:
-        self.differences = dict(differences)
-        shown = "; ".join(f"{key}: {old!r} in OUT, {new!r} now" for key, old, new in _rows(differences))
-        super().__init__(
-            f"{path} was made with other settings ({shown}); rerun with the same settings to "
-            "resume, use another -o, or pass --force to start over"
-        )
-
-
-def _rows(differences: Mapping[str, tuple[Any, Any]]) -> Iterator[tuple[str, Any, Any]]:
-    for key, (old, new) in sorted(differences.items()):
-        yield key, old, new
 
 
 class Judge(Protocol):

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import llama_cpp as llama
 import numpy as np
 
-from gram_local.errors import ContextOverflowError, GramLocalError, ModelError
+from gram_local.errors import ContextOverflowError, EngineError, ModelError
 from gram_local.grammar import forced_close_text, reached_answer_slot, think_grammar
 
 _SPECIAL_ATTRS = (
@@ -36,10 +36,6 @@ assert _TOKEN_DATA_DTYPE.itemsize == ctypes.sizeof(llama.llama_token_data)
 
 GGML_TYPE_F32 = 0
 GGML_TYPE_F16 = 1
-
-
-class EngineError(GramLocalError):
-    """llama.cpp failed at run time (decode error, out of memory)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,22 +1,52 @@
-"""Errors gram-local raises on purpose.
+"""Every error gram-local raises on purpose, with the exit code the CLI uses for it.
 
-Each carries the exit code the CLI uses for it, so front ends never need to guess whether a failure
-was the user's input (2) or the machine (1).
+Front ends never need to guess whether a failure was the user's input (2) or the machine (1):
+each class carries `exit_code`, and its message is fit to show a user as it is.
+
+    GramLocalError                 1  base class
+      InputError                   2  the input cannot be judged as given
+        ContextOverflowError       2  a prompt over the context (never truncated silently)
+        BatchUsageError            2  a batch cannot start as asked; OUT unchanged
+          SettingsMismatchError    2  OUT holds results of other settings
+        ConversionError            2  a checkpoint that cannot be converted as given
+        DataError                  2  a benchmark file that cannot be read
+        PlotUnavailableError       2  --plot without matplotlib
+      ModelError                   1  the model cannot be found, read or loaded
+        ModelNotFoundError         2  a name or path that resolves to nothing
+        ChecksumError              1  a file's SHA-256 differs from the pinned one
+          SourceChecksumError      1  ... a source file or converter output, with what to do
+        UnsupportedCPUError        1  the build uses instructions this CPU lacks
+      EngineError                  1  llama.cpp failed at run time (decode, memory)
+        ContextAllocationError     1  a context could not be created (with the bytes it needed)
+      BackendError                 1  a remote backend failed (HTTP, protocol, identity)
+      ConversionFailed             1  a valid conversion failed while running
+      DownloadError                1  a benchmark download failed
+    Cancelled                     130 a request was cancelled before it finished
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_FAILED_ROWS = 3
+EXIT_INTERRUPTED = 130
 
 
 class GramLocalError(Exception):
     """Base class: a failure with a message fit to show a user as it is."""
 
-    exit_code = 1
+    exit_code = EXIT_RUNTIME
 
 
 class InputError(GramLocalError):
     """The input cannot be judged as given (empty text, too few responses, bad JSON...)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class ContextOverflowError(InputError):
@@ -32,16 +62,42 @@ class ContextOverflowError(InputError):
         )
 
 
+class BatchUsageError(InputError):
+    """The batch cannot start as asked (exit 2); nothing in OUT was changed."""
+
+
+class SettingsMismatchError(BatchUsageError):
+    """OUT holds results made with other settings: mixing them would make OUT meaningless."""
+
+    def __init__(self, path: Path, differences: Mapping[str, tuple[Any, Any]]) -> None:
+        self.differences = dict(differences)
+        shown = "; ".join(f"{key}: {old!r} in OUT, {new!r} now" for key, (old, new) in sorted(differences.items()))
+        super().__init__(
+            f"{path} was made with other settings ({shown}); rerun with the same settings to "
+            "resume, use another -o, or pass --force to start over"
+        )
+
+
+class ConversionError(InputError):
+    """The checkpoint (or the request) cannot be converted as given; nothing was written."""
+
+
+class DataError(InputError):
+    """A benchmark data file is missing or not in the expected format."""
+
+
+class PlotUnavailableError(InputError):
+    """Plots were asked for but matplotlib is not installed."""
+
+
 class ModelError(GramLocalError):
     """The model cannot be found, read or loaded."""
-
-    exit_code = 1
 
 
 class ModelNotFoundError(ModelError):
     """A model name or path that resolves to nothing usable; a usage problem, hence exit 2."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class ChecksumError(ModelError):
@@ -52,3 +108,48 @@ class ChecksumError(ModelError):
         self.expected = expected
         self.actual = actual
         super().__init__(f"checksum mismatch for {path}: expected sha256 {expected}, got {actual}")
+
+
+class SourceChecksumError(ChecksumError):
+    """A source file or converted output differs from models.lock; says what was kept and how to retry."""
+
+    def __init__(self, path: str, expected: str, actual: str, hint: str) -> None:
+        super().__init__(path, expected, actual)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}; {self.hint}"
+
+
+class UnsupportedCPUError(ModelError):
+    """The installed llama.cpp uses instruction sets this CPU does not have: loading would crash."""
+
+
+class EngineError(GramLocalError):
+    """llama.cpp failed at run time (decode error, out of memory)."""
+
+
+class ContextAllocationError(EngineError):
+    """llama.cpp could not create a context of the size the work needs."""
+
+
+class BackendError(GramLocalError):
+    """A remote backend failed: unreachable, wrong model, a reply that does not follow the protocol."""
+
+
+class ConversionFailed(GramLocalError):
+    """The conversion was valid but failed while running; partial outputs were removed."""
+
+
+class DownloadError(GramLocalError):
+    """A download of benchmark data failed."""
+
+
+class Cancelled(GramLocalError):
+    """A request was cancelled (its client went away, a deadline passed, the process is stopping)."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class ModelStoreWarning(UserWarning):
+    """Something the user should know about a model that does not stop the command (unpinned, advisory mismatch)."""

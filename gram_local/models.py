@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from gram_local.errors import ChecksumError, InputError, ModelError, ModelNotFoundError
+from gram_local.errors import ChecksumError, InputError, ModelError, ModelNotFoundError, ModelStoreWarning, SourceChecksumError
 from gram_local.hashing import CHUNK_SIZE, remember_sha256, sha256_file
 
 __all__ = [
@@ -97,21 +97,6 @@ _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _QUANT_RE = re.compile(r"[A-Z0-9_]{2,16}")
 _GGUF_MAGIC = b"GGUF"
 _STALE_SECONDS = 3600.0
-
-
-class ModelStoreWarning(UserWarning):
-    """Something the user should know about a model that does not stop the command (unpinned, advisory mismatch)."""
-
-
-class SourceChecksumError(ChecksumError):
-    """A source file or converted output differs from models.lock; says what was kept and how to retry."""
-
-    def __init__(self, path: str, expected: str, actual: str, hint: str) -> None:
-        super().__init__(path, expected, actual)
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return f"{super().__str__()}; {self.hint}"
 
 
 # ---------------------------------------------------------------------------------------------------

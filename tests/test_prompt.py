@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from gram_local.errors import InputError
+
 from gram_local.prompt import (
     DEFAULT_DATE,
     PAIRWISE_PROMPT,
@@ -83,7 +85,7 @@ def test_normalize_date() -> None:
     assert normalize_date("26 Jul 2024") == "26 Jul 2024"
     assert normalize_date("2024-07-26") == "26 Jul 2024"
     assert normalize_date("5 March 2023") == "05 Mar 2023"
-    with pytest.raises(ValueError, match="unreadable date"):
+    with pytest.raises(InputError, match="unreadable date"):
         normalize_date("yesterday")
 
 

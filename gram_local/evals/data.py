@@ -13,19 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gram_local.errors import GramLocalError, InputError
+from gram_local.errors import DataError, DownloadError
 
 JUDGEBENCH_REPO = "ScalerLab/JudgeBench"
 RMBENCH_REPO = "THU-KEG/RM-Bench"
 RMBENCH_HUB_FILE = "total_dataset.json"
-
-
-class DataError(InputError):
-    """A benchmark file is missing, unreadable or not in the official format (exit 2)."""
-
-
-class DownloadError(GramLocalError):
-    """The hub could not be reached or refused the file (exit 1: the machine, not the input)."""
 
 
 # --------------------------------------------------------------------------------------- JudgeBench

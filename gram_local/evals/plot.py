@@ -10,12 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gram_local.errors import InputError
+from gram_local.errors import PlotUnavailableError
 from gram_local.evals.report import PAPER_LABEL
-
-
-class PlotUnavailableError(InputError):
-    """--plot was asked for without matplotlib installed (exit 2, before any judging)."""
 
 
 def require_matplotlib() -> None:

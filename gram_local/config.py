@@ -1,0 +1,148 @@
+"""Every default and every environment variable gram-local reads, in one place.
+
+The CLI shows these defaults (`show_default`), the Python API uses them, and the settings objects
+below group them: `JudgeSettings` decides a verdict and is recorded with every result;
+`EngineSettings` decides how the model runs (threads, offload, memory) and not what it says.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from typing import Literal
+
+from gram_local.errors import InputError
+
+# ------------------------------------------------------------------------------------------ names
+
+ENV_PREFIX = "GRAM_LOCAL_"
+"""Each CLI option can also come from GRAM_LOCAL_<OPTION> (GRAM_LOCAL_MODEL, GRAM_LOCAL_PARALLEL, ...)."""
+ENV_HOME = "GRAM_LOCAL_HOME"
+"""The model store, the KV cache of the instruction head and the hash cache (see `gram_local.paths`)."""
+ENV_LOCK = "GRAM_LOCAL_LOCK"
+"""A models.lock to use instead of the one shipped in the package."""
+ENV_LLAMA_LOG = "GRAM_LOCAL_LLAMA_LOG"
+"""Set: llama.cpp's own log goes to stderr (otherwise only its errors are kept, for messages)."""
+ENV_DEBUG = "GRAM_LOCAL_DEBUG"
+"""Set: unexpected failures print their traceback."""
+ENV_API_KEY = "GRAM_LOCAL_API_KEY"
+"""Bearer token of `gram-local serve`, and of remote backends."""
+ENV_CPU_FLAGS_FILE = "GRAM_LOCAL_CPU_FLAGS_FILE"
+"""A recorded /proc/cpuinfo (or `sysctl -a`) to check the build against instead of this machine's."""
+ENV_SKIP_CPU_CHECK = "GRAM_LOCAL_SKIP_CPU_CHECK"
+"""Set: load a model even when the build uses instructions this CPU does not report."""
+
+
+def env_name(option: str) -> str:
+    """GRAM_LOCAL_<OPTION> for a CLI option name (`max-think-tokens` -> GRAM_LOCAL_MAX_THINK_TOKENS)."""
+    return ENV_PREFIX + option.upper().replace("-", "_")
+
+
+# --------------------------------------------------------------------------------------- defaults
+
+DEFAULT_MODEL = "gram-rr-3b"
+DEFAULT_QUANT = "Q4_K_M"
+
+DEFAULT_DATE = "26 Jul 2024"
+"""The Llama-3.2 template's own fallback date: pinned so a verdict does not change with the calendar."""
+DEFAULT_MAX_THINK_TOKENS = 2048
+DEFAULT_TEMPERATURE = 0.0
+DEFAULT_TOP_P = 1.0
+DEFAULT_SEED = 0
+DEFAULT_VOTES = 8
+VOTE_TEMPERATURE = 0.6
+VOTE_TOP_P = 0.9
+ANSWER_MARGIN = 16
+"""Tokens kept free after the think budget: the forced closing of the think block and the answer."""
+
+DEFAULT_PARALLEL = 8
+"""At most this many sequences decode together; memory is reserved only for those that run."""
+DEFAULT_BATCH = 512
+"""Tokens per llama.cpp decode call (prompt chunks)."""
+DEFAULT_MAX_DRAFT = 8
+"""Prompt-lookup draft tokens per step, where drafting is on."""
+HEAD_CACHE_FILES = 8
+"""Files of the instruction head's KV kept on disk (one per model, date and build)."""
+
+KvType = Literal["f16", "q8_0", "f32"]
+KV_TYPES: tuple[str, ...] = ("f16", "q8_0", "f32")
+Position = Literal["alternate", "fixed"]
+POSITIONS: tuple[str, ...] = ("alternate", "fixed")
+
+
+def normalize_date(date: str) -> str:
+    """Accept `26 Jul 2024` or ISO `2024-07-26`; return the template's `%d %b %Y` form."""
+    text = date.strip()
+    for fmt in ("%d %b %Y", "%Y-%m-%d", "%d %B %Y"):
+        try:
+            return _dt.datetime.strptime(text, fmt).strftime("%d %b %Y")
+        except ValueError:
+            continue
+    raise InputError(f"unreadable date {date!r}: use the form '26 Jul 2024' or '2024-07-26'")
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """Everything besides the model that decides a verdict; recorded with every result."""
+
+    date: str = DEFAULT_DATE
+    max_think_tokens: int = DEFAULT_MAX_THINK_TOKENS
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
+    seed: int = DEFAULT_SEED
+    vote_temperature: float = VOTE_TEMPERATURE
+    vote_top_p: float = VOTE_TOP_P
+    # Per-sequence context; None sizes it to the prompts at hand (up to the model's own).
+    n_ctx: int | None = None
+    # False: the model cannot end its think block; the budget does (benchmarks only).
+    allow_close: bool = True
+    # Which input a one-order comparison in rank and best-of-n shows first: "alternate" (by a
+    # seeded coin per pair, recorded in each judgment) or "fixed" (the lower index, as before).
+    position: Position = "alternate"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "date", normalize_date(self.date))
+        if isinstance(self.max_think_tokens, bool) or not isinstance(self.max_think_tokens, int):
+            raise InputError("max-think-tokens must be an integer")
+        if self.max_think_tokens < 0:
+            raise InputError("max-think-tokens must be 0 or more")
+        for name in ("temperature", "vote_temperature"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise InputError(f"{name.replace('_', '-')} must be 0 or more")
+        for name in ("top_p", "vote_top_p"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise InputError(f"{name.replace('_', '-')} must be in (0, 1]")
+        if self.n_ctx is not None and self.n_ctx < 64:
+            raise InputError("ctx must be at least 64 tokens")
+        if self.position not in POSITIONS:
+            raise InputError(f"position must be one of {', '.join(POSITIONS)}")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the in-process engine runs the model: none of these changes what a verdict means."""
+
+    n_threads: int | None = None  # None: all cores
+    n_gpu_layers: int | None = None  # None: all when the build can offload, else 0
+    parallel: int = DEFAULT_PARALLEL  # most sequences decoded together
+    n_batch: int = DEFAULT_BATCH
+    kv_type: KvType = "f16"
+    speculative: bool | None = None  # None: on only with GPU offload
+    max_draft: int = DEFAULT_MAX_DRAFT
+    repack: bool = True  # llama.cpp's repacked CPU weights
+    flash_attn: bool | None = None  # None: on with offload or a shared (unified) cache
+    kv_unified: bool | None = None  # None: unified when offloaded, one stream per sequence on a CPU
+    # The instruction head's KV on disk: True (in the store), False, or a folder.
+    head_cache: bool | str = True
+    # Check the build's instruction sets against this CPU before loading (see gram_local.cpu).
+    cpu_check: bool = True
+
+    def __post_init__(self) -> None:
+        if self.parallel < 1:
+            raise InputError("parallel must be at least 1")
+        if self.n_threads is not None and self.n_threads < 1:
+            raise InputError("threads must be at least 1")
+        if self.n_batch < 1:
+            raise InputError("the batch size must be at least 1")
+        if self.kv_type not in KV_TYPES:
+            raise InputError(f"kv-type must be one of {', '.join(KV_TYPES)}")
