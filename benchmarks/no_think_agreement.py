@@ -13,6 +13,7 @@ import json
 import time
 
 from gram_local import load_judge
+from gram_local.config import JudgeSettings
 
 
 def main() -> None:
@@ -24,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [json.loads(line) for line in open(args.data, encoding="utf-8") if line.strip()][: args.limit]
     items = [(r["question"], r["response_A"], r["response_B"]) for r in rows]
-    judge = load_judge(args.model, max_think_tokens=args.think_tokens)
+    judge = load_judge(args.model, settings=JudgeSettings(max_think_tokens=args.think_tokens))
     timings = {}
     results = {}
     for mode, budget in (("no-think", 0), ("think", args.think_tokens)):

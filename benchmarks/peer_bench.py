@@ -275,7 +275,7 @@ def run_batch(judge: Any, runner: Any, n_pairs: int) -> dict[str, Any]:
     """
     from gram_local.bench import fit_text, unique_prompt_tokens
 
-    engine = judge.engine
+    engine = judge.backend
     spec = runner.spec
     responses = runner.workload.responses
 
@@ -285,9 +285,9 @@ def run_batch(judge: Any, runner: Any, n_pairs: int) -> dict[str, Any]:
     questions = [fit_text(count, spec.question_tokens, seed=spec.seed * 1000 + 500 + k) for k in range(n_pairs)]
     items = [(questions[k], responses[(2 * k) % len(responses)], responses[(2 * k + 1) % len(responses)])
              for k in range(n_pairs)]
-    prompts = [judge.tokenize_pieces(judge.render(q, x, y)) for q, a, b in items for x, y in ((a, b), (b, a))]
+    prompts = [judge.renderer.prompt_tokens(q, x, y, judge.settings) for q, a, b in items for x, y in ((a, b), (b, a))]
     runner.prepare()
-    engine.ensure_context(-(-(max(len(p) for p in prompts) + spec.think_tokens + 16) // 256) * 256)
+    engine.reserve(len(prompts), max(len(p) for p in prompts) + spec.think_tokens + 16)
     engine.clear_cache()
     before = engine.stats.snapshot()
     t0 = time.perf_counter()
@@ -347,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--checkpoint and --gguf are required (unless --from-json)")
 
     from gram_local.bench import BenchRunner, WorkloadSpec, parse_operations
-    from gram_local.judge import load_judge
+    from gram_local.config import EngineSettings, JudgeSettings
+    from gram_local.engine import Engine
+    from gram_local.loading import load_judge
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -364,10 +366,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # (c) gram-local: the operations, each cold.
     log("(c) gram-local: loading")
-    judge = load_judge(args.gguf, max_think_tokens=THINK_TOKENS, allow_close=False, n_threads=args.threads,
-                       n_gpu_layers=args.n_gpu_layers, speculative=False, repack=args.repack,
-                       flash_attn=args.gl_flash_attn, head_cache=False)
-    engine = judge.engine
+    judge = load_judge(
+        args.gguf,
+        settings=JudgeSettings(max_think_tokens=THINK_TOKENS, allow_close=False, position="fixed"),
+        engine=EngineSettings(n_threads=args.threads, n_gpu_layers=args.n_gpu_layers, speculative=False,
+                              repack=args.repack, flash_attn=args.gl_flash_attn, head_cache=False),
+    )
+    engine = judge.backend
+    assert isinstance(engine, Engine)
     runner = BenchRunner(judge, WorkloadSpec(think_tokens=THINK_TOKENS))
     runner.prepare()
     prompt = runner.prompt(0, 1)

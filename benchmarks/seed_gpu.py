@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer_bench import run_seed  # noqa: E402
+from peer_bench import SeedPipeline  # noqa: E402
 
 
 def main() -> None:
@@ -21,7 +21,11 @@ def main() -> None:
     workload = json.loads(workload_path.read_text(encoding="utf-8"))
     q, responses = workload["question"], workload["responses"]
     texts = [(q, responses[i % len(responses)], responses[(i + 1) % len(responses)]) for i in range(judgments)]
-    run = run_seed(checkpoint, texts, threads=16, log=lambda m: print(m, file=sys.stderr, flush=True), device=device)
+    seed = SeedPipeline(checkpoint, threads=16, device=device)
+    for k, (question, a, b) in enumerate(texts):
+        print(f"judgment {k + 1} of {len(texts)}: {seed.judge(question, a, b):.1f} s", file=sys.stderr, flush=True)
+    run = seed.run
+    seed.close()
     per = sum(run.seconds) / len(run.seconds)
     print(json.dumps({**asdict(run), "device": device, "seconds_per_judgment": per,
                       "pairs_per_hour_both_orders": 3600 / (2 * per)}))

@@ -19,6 +19,7 @@ __all__ = [
     "load_judge",
     "Judge",
     "JudgeSettings",
+    "EngineSettings",
     "CompareResult",
     "VoteResult",
     "RankResult",
@@ -31,9 +32,10 @@ __all__ = [
 ]
 
 _LAZY = {
-    "load_judge": "gram_local.judge",
+    "load_judge": "gram_local.loading",
     "Judge": "gram_local.judge",
-    "JudgeSettings": "gram_local.judge",
+    "JudgeSettings": "gram_local.config",
+    "EngineSettings": "gram_local.config",
     "CompareResult": "gram_local.results",
     "VoteResult": "gram_local.results",
     "RankResult": "gram_local.results",
@@ -47,7 +49,9 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from gram_local.errors import GramLocalError, InputError, ModelError
-    from gram_local.judge import Judge, JudgeSettings, load_judge
+    from gram_local.config import EngineSettings, JudgeSettings
+    from gram_local.judge import Judge
+    from gram_local.loading import load_judge
     from gram_local.results import BestOfNResult, CompareResult, Judgment, PromptView, RankResult, VoteResult
 
 

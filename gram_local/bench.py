@@ -19,7 +19,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
-from gram_local.engine import EngineStats, GenerationRequest
+from gram_local.backend import BackendStats, GenerationRequest
+from gram_local.config import ANSWER_MARGIN
 from gram_local.errors import InputError
 from gram_local.judge import Judge
 from gram_local.results import Judgment
@@ -127,7 +128,7 @@ def fit_text(count_tokens: Callable[[str], int], target: int, seed: int) -> str:
 def build_workload(judge: Judge, spec: WorkloadSpec | None = None) -> Workload:
     """The question and responses of the workload, with exact token counts on this model."""
     spec = spec or WorkloadSpec()
-    engine = judge.engine
+    engine = judge.backend
 
     def count(text: str) -> int:
         return len(engine.tokenize(text, special=False))
@@ -285,7 +286,8 @@ class BenchRunner:
     def __init__(self, judge: Judge, spec: WorkloadSpec | None = None) -> None:
         self.judge = judge
         # Every operation starts cold, the instruction head included: no KV read from disk.
-        judge.head_cache_dir = None
+        self.engine = judge.backend
+        self.engine.prefix_store = None  # type: ignore[attr-defined]
         self.spec = spec or WorkloadSpec()
         if judge.settings.max_think_tokens != self.spec.think_tokens or judge.settings.allow_close:
             raise InputError(
@@ -301,7 +303,7 @@ class BenchRunner:
         """The token ids the model is fed when response a is shown as A and response b as B."""
         w = self.workload
         judge = self.judge
-        return judge.tokenize_pieces(judge.render(w.question, w.responses[a], w.responses[b]))
+        return judge.renderer.prompt_tokens(w.question, w.responses[a], w.responses[b], judge.settings)
 
     def _prompt_of(self, judgment: Judgment, default_pair: tuple[int, int]) -> list[int]:
         i, j = judgment.pair if judgment.pair is not None else default_pair
@@ -311,11 +313,11 @@ class BenchRunner:
         """Size the context for the longest prompt and page the weights in, outside any timing."""
         if self._warm:
             return
-        engine = self.judge.engine
+        engine = self.engine
         n = self.spec.n_responses
         longest = max(len(self.prompt(i, j)) for i in range(n) for j in range(n) if i != j)
-        need = longest + self.spec.think_tokens + 16
-        engine.ensure_context(-(-need // 256) * 256)
+        # Every operation runs in a context of the same shape, made here, outside the timings.
+        engine.reserve(engine.parallel, longest + self.spec.think_tokens + ANSWER_MARGIN)
         warm = self.prompt(0, 1)
         engine.generate([GenerationRequest(prompt=warm[:64], max_think_tokens=2, allow_close=False)])
         engine.clear_cache()
@@ -339,7 +341,7 @@ class BenchRunner:
             raise InputError("rounds must be at least 1")
         self.prepare()
         judge = self.judge
-        engine = judge.engine
+        engine = self.engine
         report = BenchReport(
             model=judge.model.to_dict(),
             machine={
@@ -347,8 +349,9 @@ class BenchRunner:
                 "cpu_count": os.cpu_count(),
                 "n_gpu_layers": engine.n_gpu_layers,
                 "gpu_offload": engine.gpu_offload,
-                "n_parallel": engine.n_parallel,
-                "n_batch": engine.n_batch,
+                "n_parallel": engine.parallel,
+                "n_batch": engine.settings.n_batch,
+                "kv_type": engine.kv_type,
                 "speculative": engine.speculative,
                 "repack": engine.repack,
                 "flash_attn": engine.flash_attn,
@@ -376,9 +379,9 @@ class BenchRunner:
         self.prepare()
         w = self.workload
         judge = self.judge
-        engine = judge.engine
+        engine = self.engine
         engine.clear_cache()
-        before: EngineStats = engine.stats.snapshot()
+        before: BackendStats = engine.stats.snapshot()
         started = time.perf_counter()
         if name == "compare":
             result: Any = judge.compare(w.question, w.responses[0], w.responses[1])

@@ -66,8 +66,8 @@ HEAD_CACHE_FILES = 8
 
 KvType = Literal["f16", "q8_0", "f32"]
 KV_TYPES: tuple[str, ...] = ("f16", "q8_0", "f32")
-Position = Literal["alternate", "fixed"]
-POSITIONS: tuple[str, ...] = ("alternate", "fixed")
+Position = Literal["shuffled", "fixed"]
+POSITIONS: tuple[str, ...] = ("shuffled", "fixed")
 
 
 def normalize_date(date: str) -> str:
@@ -96,9 +96,10 @@ class JudgeSettings:
     n_ctx: int | None = None
     # False: the model cannot end its think block; the budget does (benchmarks only).
     allow_close: bool = True
-    # Which input a one-order comparison in rank and best-of-n shows first: "alternate" (by a
-    # seeded coin per pair, recorded in each judgment) or "fixed" (the lower index, as before).
-    position: Position = "alternate"
+    # Which input a one-order comparison in rank and best-of-n shows as Response A: "shuffled"
+    # (a coin seeded by `seed` and the pair, recorded in each judgment's order) or "fixed" (the
+    # lower index, which turns a model's position bias into a bias for earlier inputs).
+    position: Position = "shuffled"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "date", normalize_date(self.date))

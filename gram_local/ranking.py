@@ -1,7 +1,7 @@
 """Ranking strategies over a pairwise judge, with no model inside.
 
-Each strategy works in rounds: it asks `judge_pairs` for a list of independent comparisons at
-once (so the engine can decode them together) and decides the next round from the outcomes. A
+Each strategy works in rounds: it yields a list of independent comparisons at once (so the
+engine can decode them together) and decides the next round from the outcomes it is sent. A
 pair `(i, j)` always shows response i as input a; outcomes are given from input a's side.
 
 The model card's listwise demo sorted with a comparator and then printed the unsorted ids; here
@@ -11,11 +11,13 @@ the sort's result is the ranking.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Generator, Sequence
+from typing import Literal, TypeVar
 
 import numpy as np
 
 Winner = Literal["a", "b", "tie"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class PairOutcome:
 
 
 JudgePairs = Callable[[list[tuple[int, int]]], list[PairOutcome]]
+Pairs = list[tuple[int, int]]
+Rounds = Generator[Pairs, list[PairOutcome], T]
+"""A strategy as a generator: it yields a round of independent pairs and is sent their outcomes,
+so whoever drives it can judge the round's pairs together (and other work beside them)."""
 
 
 def first_wins(outcome: PairOutcome) -> bool:
@@ -37,46 +43,67 @@ def first_wins(outcome: PairOutcome) -> bool:
     return outcome.winner == "a"
 
 
-def merge_sort(n: int, judge_pairs: JudgePairs) -> tuple[list[int], list[PairOutcome]]:
+def merge_sort_rounds(n: int) -> Rounds[tuple[list[int], list[PairOutcome]]]:
     """Bottom-up merge sort: at most n*log2(n) comparisons; every merge in a pass runs together."""
     runs: list[list[int]] = [[i] for i in range(n)]
     made: list[PairOutcome] = []
     while len(runs) > 1:
         merges = [(runs[k], runs[k + 1]) for k in range(0, len(runs) - 1, 2)]
         leftover = [runs[-1]] if len(runs) % 2 else []
-        states = [{"left": list(l), "right": list(r), "out": []} for l, r in merges]
+        states = [(list(left), list(right), []) for left, right in merges]
         while True:
-            waiting = [s for s in states if s["left"] and s["right"]]
+            waiting = [st for st in states if st[0] and st[1]]
             if not waiting:
                 break
-            outcomes = judge_pairs([(s["left"][0], s["right"][0]) for s in waiting])
+            outcomes = yield [(st[0][0], st[1][0]) for st in waiting]
             made.extend(outcomes)
-            for state, outcome in zip(waiting, outcomes):
-                side = "left" if first_wins(outcome) else "right"
-                state["out"].append(state[side].pop(0))
-        runs = [s["out"] + s["left"] + s["right"] for s in states] + leftover
+            for (left, right, out), outcome in zip(waiting, outcomes):
+                out.append((left if first_wins(outcome) else right).pop(0))
+        runs = [out + left + right for left, right, out in states] + leftover
     return (runs[0] if runs else []), made
 
 
-def round_robin(n: int, judge_pairs: JudgePairs) -> tuple[list[int], np.ndarray, list[PairOutcome]]:
+def round_robin_rounds(n: int) -> Rounds[tuple[list[int], np.ndarray, list[PairOutcome]]]:
     """Every pair once, all in one round; Bradley-Terry strengths from the p_a values."""
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    outcomes = judge_pairs(pairs) if pairs else []
+    outcomes = (yield pairs) if pairs else []
     scores = bradley_terry(n, outcomes)
     return order_by_scores(scores), scores, outcomes
 
 
-def knockout(n: int, judge_pairs: JudgePairs) -> tuple[int, list[PairOutcome]]:
+def knockout_rounds(n: int) -> Rounds[tuple[int, list[PairOutcome]]]:
     """Single elimination: n-1 comparisons, each round's matches together; an odd one out waits."""
     alive = list(range(n))
     made: list[PairOutcome] = []
     while len(alive) > 1:
         pairs = [(alive[k], alive[k + 1]) for k in range(0, len(alive) - 1, 2)]
-        outcomes = judge_pairs(pairs)
+        outcomes = yield pairs
         made.extend(outcomes)
         winners = [o.a if first_wins(o) else o.b for o in outcomes]
         alive = winners + ([alive[-1]] if len(alive) % 2 else [])
     return alive[0], made
+
+
+def drive(rounds: Rounds[T], judge_pairs: JudgePairs) -> T:
+    """Run a strategy to its end with a plain function judging each round."""
+    try:
+        pairs = next(rounds)
+        while True:
+            pairs = rounds.send(judge_pairs(pairs))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def merge_sort(n: int, judge_pairs: JudgePairs) -> tuple[list[int], list[PairOutcome]]:
+    return drive(merge_sort_rounds(n), judge_pairs)
+
+
+def round_robin(n: int, judge_pairs: JudgePairs) -> tuple[list[int], np.ndarray, list[PairOutcome]]:
+    return drive(round_robin_rounds(n), judge_pairs)
+
+
+def knockout(n: int, judge_pairs: JudgePairs) -> tuple[int, list[PairOutcome]]:
+    return drive(knockout_rounds(n), judge_pairs)
 
 
 def bradley_terry(n: int, outcomes: Sequence[PairOutcome], *, l2: float = 0.01, iterations: int = 100) -> np.ndarray:

@@ -53,7 +53,8 @@ tail -5 "$out/bench-gpu.err"
 step "workload texts for the seed pipeline (CPU, no CUDA in this process)"
 python3 -c "
 import json; from gram_local import load_judge; from gram_local.bench import build_workload
-w = build_workload(load_judge('/tmp/3b-q4_k_m.gguf', n_gpu_layers=0, n_parallel=1))
+from gram_local.config import EngineSettings
+w = build_workload(load_judge('/tmp/3b-q4_k_m.gguf', engine=EngineSettings(n_gpu_layers=0, parallel=1)))
 json.dump({'question': w.question, 'responses': list(w.responses)}, open('/tmp/workload.json', 'w'))"
 
 step "the seed's pipeline (transformers generate, bf16) on the same GPU, in its own process"

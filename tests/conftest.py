@@ -57,13 +57,13 @@ def tiny_llama3_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_llama3_check
 
 @pytest.fixture(scope="session")
 def smollm2_judge(smollm2_path: Path):
-    from gram_local import load_judge
+    from helpers import make_judge
 
-    return load_judge(smollm2_path, max_think_tokens=24, n_parallel=4)
+    return make_judge(smollm2_path, max_think_tokens=24, parallel=4)
 
 
 @pytest.fixture(scope="session")
 def llama3_judge(tiny_llama3_gguf: Path):
-    from gram_local import load_judge
+    from helpers import make_judge
 
-    return load_judge(tiny_llama3_gguf, max_think_tokens=24, n_parallel=4)
+    return make_judge(tiny_llama3_gguf, max_think_tokens=24, parallel=4)

@@ -23,7 +23,7 @@ class GrammarProbe:
     def __init__(self, engine, allow_close: bool = True) -> None:
         self.engine = engine
         self.sampler = llama.llama_sampler_init_grammar(
-            engine._vocab, think_grammar(allow_close=allow_close).encode(), b"root"
+            engine.model.vocab_ptr, think_grammar(allow_close=allow_close).encode(), b"root"
         )
         assert self.sampler, "llama.cpp rejected the grammar"
 
@@ -47,9 +47,10 @@ class GrammarProbe:
 
 @pytest.fixture(scope="module")
 def engine(smollm2_path):
+    from gram_local.config import EngineSettings
     from gram_local.engine import Engine
 
-    return Engine(smollm2_path, n_parallel=1)
+    return Engine(smollm2_path, EngineSettings(parallel=1))
 
 
 @pytest.mark.parametrize(
@@ -69,7 +70,7 @@ def test_grammar_accepts_a_think_block_up_to_the_answer_slot(engine, text: str) 
         assert probe.feed(text)
         # Complete: nothing more may follow, not even a newline; end of generation is allowed.
         assert not probe.allows(engine.tokenize("\n")[0])
-        assert probe.allows(llama.llama_vocab_eos(engine._vocab))
+        assert probe.allows(llama.llama_vocab_eos(engine.model.vocab_ptr))
     finally:
         probe.close()
 
@@ -95,7 +96,7 @@ def test_grammar_refuses_end_of_generation_inside_the_think_block(engine) -> Non
     probe = GrammarProbe(engine)
     try:
         assert probe.feed("still thinking")
-        assert not probe.allows(llama.llama_vocab_eos(engine._vocab))
+        assert not probe.allows(llama.llama_vocab_eos(engine.model.vocab_ptr))
     finally:
         probe.close()
 

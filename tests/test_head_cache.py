@@ -11,16 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from gram_local import load_judge
-from gram_local.judge import HEAD_CACHE_FILES
+from helpers import make_judge
+
+from gram_local.config import HEAD_CACHE_FILES
 
 QUESTION = "10 words to apologize for being late."
 GOOD = "My sincere apologies for being late today."
 BAD = "Apologies for making you wait; punctuality isn't my strong suit."
 
 
+def head_path(judge, settings=None):
+    """Where the judge's engine keeps the instruction head's KV (None when it keeps none)."""
+    store = judge.backend.prefix_store
+    return None if store is None else store.path_for(judge.head_tokens(settings))
+
+
 def _load(model: Path, cache: Path, **kw):
-    return load_judge(model, max_think_tokens=12, n_parallel=2, head_cache=cache, **kw)
+    return make_judge(model, max_think_tokens=12, parallel=2, head_cache=str(cache), **kw)
 
 
 @pytest.mark.parametrize("model", ["smollm2_path", "tiny_llama3_gguf"])
@@ -34,7 +41,7 @@ def test_head_is_a_prefix_of_every_prompt(request, model: str, tmp_path: Path) -
     other_date = judge._with(date="01 Jan 2025")
     if model == "tiny_llama3_gguf":  # the Llama-3 header carries the date (SmolLM2's template does not)
         assert judge.head_tokens(other_date) != head
-        assert judge.head_cache_path(other_date) != judge.head_cache_path()
+        assert head_path(judge, other_date) != head_path(judge)
 
 
 def test_a_new_process_restores_the_head_and_decides_the_same(smollm2_path: Path, tmp_path: Path) -> None:
@@ -42,9 +49,9 @@ def test_a_new_process_restores_the_head_and_decides_the_same(smollm2_path: Path
     n_head = len(first.head_tokens())
     cold = first.compare(QUESTION, GOOD, BAD)
     files = list(tmp_path.glob("head-*.kv"))
-    assert [p.name for p in files] == [first.head_cache_path().name]
+    assert [p.name for p in files] == [head_path(first).name]
     assert cold.timings.restored_tokens == 0
-    first.engine.close()
+    first.backend.close()
 
     # Another judge over the same model (as a new process would be): the head comes from the file.
     second = _load(smollm2_path, tmp_path)
@@ -59,16 +66,16 @@ def test_a_new_process_restores_the_head_and_decides_the_same(smollm2_path: Path
     # Within one judge the head stays in memory: no second read.
     again = second.compare(QUESTION, BAD, GOOD)
     assert again.timings.restored_tokens == 0
-    second.engine.close()
+    second.backend.close()
 
 
 def test_a_damaged_file_is_recomputed_and_replaced(smollm2_path: Path, tmp_path: Path) -> None:
     judge = _load(smollm2_path, tmp_path)
     reference = judge.compare(QUESTION, GOOD, BAD)
-    path = judge.head_cache_path()
+    path = head_path(judge)
     assert path is not None and path.is_file()
     size = path.stat().st_size
-    judge.engine.close()
+    judge.backend.close()
 
     path.write_bytes(b"\x00garbage" * 64)
     judge = _load(smollm2_path, tmp_path)
@@ -76,18 +83,18 @@ def test_a_damaged_file_is_recomputed_and_replaced(smollm2_path: Path, tmp_path:
     assert r.timings.restored_tokens == 0
     assert r.judgments[0].output == reference.judgments[0].output
     assert path.stat().st_size == size  # written again, whole
-    judge.engine.clear_cache()
+    judge.backend.clear_cache()
     r = judge.compare(QUESTION, GOOD, BAD)
     assert r.timings.restored_tokens == len(judge.head_tokens())
-    judge.engine.close()
+    judge.backend.close()
 
 
 def test_a_file_for_other_tokens_is_not_used(smollm2_path: Path, tmp_path: Path) -> None:
     """A file that loads but records other tokens (a key collision, a copied file) is refused."""
     judge = _load(smollm2_path, tmp_path)
     reference = judge.compare(QUESTION, GOOD, BAD)
-    path = judge.head_cache_path()
-    judge.engine.close()
+    path = head_path(judge)
+    judge.backend.close()
     # The sequence file: magic, version, token count (uint32 each), then the tokens (int32).
     data = bytearray(path.read_bytes())
     count = struct.unpack_from("<I", data, 8)[0]
@@ -100,7 +107,7 @@ def test_a_file_for_other_tokens_is_not_used(smollm2_path: Path, tmp_path: Path)
     r = judge.compare(QUESTION, GOOD, BAD)
     assert r.timings.restored_tokens == 0
     assert r.judgments[0].output == reference.judgments[0].output
-    judge.engine.close()
+    judge.backend.close()
 
 
 def test_old_files_are_pruned_and_off_means_off(smollm2_path: Path, tmp_path: Path) -> None:
@@ -114,18 +121,18 @@ def test_old_files_are_pruned_and_off_means_off(smollm2_path: Path, tmp_path: Pa
     judge = _load(smollm2_path, tmp_path)
     judge.compare(QUESTION, GOOD, BAD)
     left = sorted(p.name for p in tmp_path.iterdir())
-    assert len([n for n in left if n.endswith(".kv")]) == HEAD_CACHE_FILES and judge.head_cache_path().name in left
+    assert len([n for n in left if n.endswith(".kv")]) == HEAD_CACHE_FILES and head_path(judge).name in left
     assert "head-x.kv.123.tmp" not in left and f"head-{0:032d}.kv" not in left
     assert "head-y.kv.456.tmp" in left
-    judge.engine.close()
+    judge.backend.close()
 
     default_place = Path(os.environ["GRAM_LOCAL_HOME"]) / "kv-cache"
     before = set(default_place.glob("*")) if default_place.exists() else set()
-    judge = load_judge(smollm2_path, max_think_tokens=4, n_parallel=2, head_cache=False)
-    assert judge.head_cache_path() is None
+    judge = make_judge(smollm2_path, max_think_tokens=4, parallel=2, head_cache=False)
+    assert head_path(judge) is None
     judge.compare(QUESTION, GOOD, BAD)
     assert (set(default_place.glob("*")) if default_place.exists() else set()) == before
-    judge.engine.close()
+    judge.backend.close()
 
 
 def test_cli_second_run_reads_the_head_from_disk(smollm2_path: Path, tmp_path: Path) -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from helpers import assert_near_tie, make_judge
+
+from gram_local.config import EngineSettings
 from gram_local.engine import Engine, GenerationRequest, SamplerSpec
 from gram_local.errors import ContextOverflowError, InputError
 from gram_local.grammar import parse_reply
@@ -72,8 +77,8 @@ def test_no_think_answers_after_one_prefill(judge) -> None:
 def test_adversarial_responses_cannot_inject_special_tokens(judge, attack: str) -> None:
     benign = judge.prompt(QUESTION, GOOD, BAD)
     hostile = judge.prompt(attack, attack, attack)
-    engine = judge.engine
-    specials = lambda view: [t for t in view.tokens if engine.is_special(t)]  # noqa: E731
+    engine = judge.backend
+    specials = lambda view: [t for t in view.tokens if engine.vocabulary.is_special(t)]  # noqa: E731
     assert specials(hostile) == specials(benign)  # only the template's own special tokens
     r = judge.compare(QUESTION, attack, GOOD, swap=True)
     for j, order in zip(r.judgments, ("AB", "BA")):
@@ -81,7 +86,7 @@ def test_adversarial_responses_cannot_inject_special_tokens(judge, attack: str) 
 
 
 def test_vote_counts_k_sampled_judgments_reproducibly(judge) -> None:
-    judge.engine.clear_cache()
+    judge.backend.clear_cache()
     r = judge.vote(QUESTION, GOOD, BAD, k=3)
     assert len(r.judgments) == 3 and r.votes["a"] + r.votes["b"] == 3
     assert all(j.order == "AB" for j in r.judgments)
@@ -89,7 +94,7 @@ def test_vote_counts_k_sampled_judgments_reproducibly(judge) -> None:
     if r.votes["a"] != r.votes["b"]:
         assert r.winner == max(r.votes, key=r.votes.get)
     # Same seed, same cache state (only the instruction head, from memory or disk): the same samples.
-    judge.engine.clear_cache()
+    judge.backend.clear_cache()
     again = judge.vote(QUESTION, GOOD, BAD, k=3)
     assert [j.output for j in again.judgments] == [j.output for j in r.judgments]
 
@@ -122,7 +127,7 @@ def test_answer_slot_probability_matches_a_fresh_decode(smollm2_path, smollm2_ju
     r = smollm2_judge.compare(QUESTION, GOOD, BAD)
     j = r.judgments[0]
     prompt = smollm2_judge.prompt(QUESTION, GOOD, BAD).tokens
-    engine = Engine(smollm2_path, n_parallel=1)
+    engine = Engine(smollm2_path, EngineSettings(parallel=1))
     text_to_slot = j.output[len("<think>\n"):-len(j.answer + "\n</answer>")]
     # Re-tokenizing generated text can differ from the sampled ids; the judge recorded them.
     replay = GenerationRequest(prompt=prompt + engine.tokenize(text_to_slot), at_answer_slot=True)
@@ -132,92 +137,69 @@ def test_answer_slot_probability_matches_a_fresh_decode(smollm2_path, smollm2_ju
 
 
 def test_batched_and_one_at_a_time_agree(smollm2_path) -> None:
-    """Decoding several sequences together gives the verdicts of decoding them one by one.
-
-    Batch shape moves logits by float rounding only: answering at once (no think text to drift)
-    must give the same verdicts and p_a within 0.01; with thinking, generations that came out
-    token-identical must too, and the share of identical generations is reported.
-    """
+    """Decoding several sequences together gives the generations of decoding them one by one, up
+    to float rounding: batch shape moves logits a little (how much depends on the build's
+    kernels), so two runs may part only where the top logits nearly tie, and before that every
+    token is the same. Answering at once (no think text to drift) gives the same verdicts."""
     pairs = [(QUESTION, GOOD, BAD), ("What is 2+2?", "4", "5")]
-    from gram_local import load_judge
+    together = make_judge(smollm2_path, max_think_tokens=16, parallel=6)
+    alone = make_judge(smollm2_path, max_think_tokens=16, parallel=1)
+    at_once = list(together.compare_many(pairs, swap=True, max_think_tokens=0))
+    single = [alone.compare(q, a, b, swap=True, max_think_tokens=0) for q, a, b in pairs]
+    for b, s in zip(at_once, single):
+        assert [j.answer for j in b.judgments] == [j.answer for j in s.judgments] and b.winner == s.winner
+        assert [j.p_a for j in b.judgments] == pytest.approx([j.p_a for j in s.judgments], abs=0.01)
 
-    together = load_judge(smollm2_path, max_think_tokens=16, n_parallel=6)
-    alone = load_judge(smollm2_path, max_think_tokens=16, n_parallel=1)
-    for budget in (0, 16):
-        batched = list(together.compare_many(pairs, swap=True, max_think_tokens=budget))
-        single = [alone.compare(*p, swap=True, max_think_tokens=budget) for p in pairs]
-        identical = total = 0
-        for b, s in zip(batched, single):
-            for jb, js in zip(b.judgments, s.judgments):
-                total += 1
-                if jb.output != js.output:
-                    continue
-                identical += 1
-                assert jb.answer == js.answer
-                assert jb.p_a == pytest.approx(js.p_a, abs=0.01)
-            if budget == 0:
-                assert b.winner == s.winner
-        print(f"budget {budget}: {identical}/{total} generations identical batched vs one at a time")
-        assert identical == total if budget == 0 else identical >= total // 2
+    requests = [together.planner.request(q, x, y, SamplerSpec(), together.settings) for q, a, b in pairs for x, y in ((a, b), (b, a))]
+    batched = together.backend.generate(requests)
+    for request, got in zip(requests, batched):
+        expected = alone.backend.generate([request])[0]
+        diverge = next((i for i, (x, y) in enumerate(zip(got.tokens, expected.tokens)) if x != y), None)
+        if diverge is None:
+            assert got.tokens == expected.tokens and got.answer == expected.answer
+            assert got.p_answer_a == pytest.approx(expected.p_answer_a, abs=0.02)
+        else:
+            assert_near_tie(alone.backend, request.prompt + expected.tokens[:diverge],
+                            [expected.tokens[diverge], got.tokens[diverge]], "batched decoding", split=len(request.prompt))
+
+
+def test_a_swapped_judgment_maps_the_shown_answer_back_to_the_inputs(judge) -> None:
+    """In order BA the model sees b as Response A: its P(A) is P(b), so the judgment's p_a (for
+    input a) is 1 - P(A) of that prompt, and an answer A prefers b."""
+    r = judge.compare(QUESTION, GOOD, BAD, swap=True, max_think_tokens=0)
+    ab, ba = r.judgments
+    assert (ab.order, ba.order) == ("AB", "BA")
+    no_think = dataclasses.replace(judge.settings, max_think_tokens=0)
+    shown_ab = judge.backend.generate([judge.planner.request(QUESTION, GOOD, BAD, SamplerSpec(), no_think)])[0]
+    shown_ba = judge.backend.generate([judge.planner.request(QUESTION, BAD, GOOD, SamplerSpec(), no_think)])[0]
+    assert ab.p_a == pytest.approx(shown_ab.p_answer_a, abs=0.02)
+    assert ba.p_a == pytest.approx(1.0 - shown_ba.p_answer_a, abs=0.02)
+    assert ba.prefers == ("b" if shown_ba.answer == "A" else "a") and ba.answer == shown_ba.answer
+    assert r.p_a == pytest.approx((ab.p_a + ba.p_a) / 2)
 
 
 def test_prompt_lookup_drafts_are_accepted_and_change_nothing(smollm2_path) -> None:
     """SmolLM2 copies the prompt's format block into its rationale, so drafts get accepted, and
-    the greedy tokens are plain decoding's. Without flash attention (the CPU default) the logits
-    do not depend on which KV cells hold a sequence, and the tokens are identical. With it, a
-    rolled-back draft moves later tokens to other KV cells and near-ties can flip: then the tokens
-    must agree up to a place where the top two logits nearly tie."""
-    from gram_local import load_judge
-
+    the greedy tokens are plain decoding's up to float rounding: verifying drafts evaluates several
+    rows of one sequence in one batch, and with flash attention a rolled-back draft moves later
+    tokens to other KV cells. Whether that rounding shows depends on the build's kernels (the
+    AVX-512 build gave identical tokens without flash attention; the AVX2 build flips a near tie),
+    so the tokens must agree up to a place where the top logits nearly tie."""
     for flash_attn in (False, True):
         _check_drafts(smollm2_path, flash_attn)
 
 
 def _check_drafts(smollm2_path, flash_attn: bool) -> None:
-    from gram_local import load_judge
-
-    plain = load_judge(smollm2_path, max_think_tokens=48, n_parallel=1, speculative=False, flash_attn=flash_attn)
-    spec = load_judge(smollm2_path, max_think_tokens=48, n_parallel=1, speculative=True, flash_attn=flash_attn)
-    request = plain._request(QUESTION, GOOD, BAD, plain._sampler(plain.settings), plain.settings)
-    a = plain.engine.generate([request])[0]
-    b = spec.engine.generate([request])[0]
-    assert spec.engine.stats.accepted > 0, spec.engine.stats
+    plain = make_judge(smollm2_path, max_think_tokens=48, parallel=1, speculative=False, flash_attn=flash_attn)
+    spec = make_judge(smollm2_path, max_think_tokens=48, parallel=1, speculative=True, flash_attn=flash_attn)
+    request = plain.planner.request(QUESTION, GOOD, BAD, SamplerSpec(), plain.settings)
+    a = plain.backend.generate([request])[0]
+    b = spec.backend.generate([request])[0]
+    assert spec.backend.stats.accepted > 0, spec.backend.stats
     assert b.drafted > b.accepted > 0
     diverge = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), None)
     if diverge is None:
         assert a.tokens == b.tokens and b.p_answer_a == pytest.approx(a.p_answer_a, abs=0.01)
     else:
-        logits = plain.engine.next_token_logits(request.prompt + a.tokens[:diverge])
-        top = sorted(logits.tolist(), reverse=True)[:2]
-        assert spec.engine.offloading or flash_attn, "without flash attention the CPU path must not depend on drafts"
-        assert top[0] - top[1] < 0.25, f"diverged at {diverge} where the top two logits differ by {top[0] - top[1]}"
-        # A cold evaluation is yet another batch shape: both picks are among the near-tied top.
-        assert logits[a.tokens[diverge]] >= top[0] - 0.25 and logits[b.tokens[diverge]] >= top[0] - 0.25
-
-
-def test_llama3_vocabulary_facts(llama3_judge) -> None:
-    engine = llama3_judge.engine
-    assert engine.n_vocab >= 128256
-    assert (engine.token_a, engine.token_b) == (32, 33)
-    assert engine.tokenize(">\n\n") == [1363]
-    assert llama3_judge.chat_format == "llama-3"
-    view = llama3_judge.prompt(QUESTION, GOOD, BAD)
-    assert view.tokens[0] == 128000 and view.tokens.count(128000) == 1
-    assert view.text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n")
-    # Forced and natural closes never put '>\n\n' after </think>: the grammar forbids it.
-    r = llama3_judge.compare(QUESTION, GOOD, BAD, swap=True, max_think_tokens=40)
-    for j in r.judgments:
-        assert "</think>\n\n" not in j.output
-
-
-def test_llama3_prompt_tokens_equal_transformers(llama3_judge, tiny_llama3_checkpoint) -> None:
-    """Our rendering + tokenization equals transformers' apply_chat_template + tokenizer, token for token."""
-    transformers = pytest.importorskip("transformers")
-    tok = transformers.AutoTokenizer.from_pretrained(str(tiny_llama3_checkpoint))
-    for q, a, b in [(QUESTION, GOOD, BAD), ("Sum 1..10?", "55.", "  fifty-five\n\n"), ("x", "ends with period.", "y ")]:
-        messages = [{"role": "user", "content": llama3_judge.prompt(q, a, b).text and __import__("gram_local.prompt", fromlist=["fill_pairwise"]).fill_pairwise(q, a, b)}]
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, date_string="26 Jul 2024")
-        hf_ids = tok(text + "<think>\n", add_special_tokens=False)["input_ids"]
-        ours = llama3_judge.prompt(q, a, b)
-        assert ours.text == text + "<think>\n"
-        assert ours.tokens == hf_ids
+        assert_near_tie(plain.backend, request.prompt + a.tokens[:diverge], [a.tokens[diverge], b.tokens[diverge]],
+                        f"drafting (flash attention {flash_attn})", split=len(request.prompt))

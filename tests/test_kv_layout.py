@@ -3,13 +3,17 @@
 Streams copy shared prefixes between sequences and move running sequences down to the lowest
 slots; neither may change what the model says. Batch shape still moves logits by float rounding
 (llama.cpp's kernels take rows four at a time), so greedy tokens must match a run alone up to a
-place where the top two logits nearly tie, and p_a within 0.01 where the tokens match.
+place where the picks nearly tie (within the batch-shape noise measured on this build), and p_a
+within 0.01 where the tokens match.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from helpers import assert_near_tie, make_judge
+
+from gram_local.config import EngineSettings
 from gram_local.engine import Engine, GenerationRequest, SamplerSpec
 
 QUESTION = "10 words to apologize for being late."
@@ -34,11 +38,11 @@ def _requests(judge, budgets: list[int], *, sampled: bool = False) -> list[Gener
 
 
 def test_cpu_defaults_are_streams_without_flash_attention(smollm2_path) -> None:
-    engine = Engine(smollm2_path, n_parallel=4)
+    engine = Engine(smollm2_path, EngineSettings(parallel=4))
     if engine.offloading:
         pytest.skip("offloaded builds keep one unified cache with flash attention")
     assert engine.kv_unified is False and engine.flash_attn is False
-    unified = Engine(smollm2_path, n_parallel=4, kv_unified=True)
+    unified = Engine(smollm2_path, EngineSettings(parallel=4, kv_unified=True))
     assert unified.kv_unified is True and unified.flash_attn is True
 
 
@@ -46,10 +50,8 @@ def test_streams_reuse_prefixes_and_move_sequences_without_changing_tokens(smoll
     """Budgets that end at different steps leave holes among the running slots; a fifth request
     waits for a free slot and copies the shared instructions from another stream. Each greedy
     generation matches the same request run alone in a fresh engine, up to a near tie."""
-    from gram_local import load_judge
-
-    judge = load_judge(smollm2_path, max_think_tokens=24, n_parallel=4, head_cache=False)
-    engine = judge.engine
+    judge = make_judge(smollm2_path, max_think_tokens=24, parallel=4, head_cache=False)
+    engine = judge.backend
     if engine.offloading:
         pytest.skip("CPU layout")
     greedy = _requests(judge, [4, 20, 2, 24, 12])
@@ -57,7 +59,7 @@ def test_streams_reuse_prefixes_and_move_sequences_without_changing_tokens(smoll
     together = engine.generate(greedy + sampled)
     assert engine.stats.moved > 0, engine.stats
     assert engine.stats.reused_tokens > 0, engine.stats
-    alone = Engine(smollm2_path, n_parallel=1)
+    alone = Engine(smollm2_path, EngineSettings(parallel=1))
     identical = 0
     for request, got in zip(greedy, together):
         expected = alone.generate([request])[0]
@@ -68,10 +70,9 @@ def test_streams_reuse_prefixes_and_move_sequences_without_changing_tokens(smoll
             assert got.tokens == expected.tokens and got.answer == expected.answer
             assert got.p_answer_a == pytest.approx(expected.p_answer_a, abs=0.01)
             continue
-        logits = alone.next_token_logits(request.prompt + expected.tokens[:diverge])
+        assert_near_tie(alone, request.prompt + expected.tokens[:diverge], [expected.tokens[diverge], got.tokens[diverge]],
+                        f"request {request.max_think_tokens} at token {diverge}")
         alone.clear_cache()
-        top = sorted(logits.tolist(), reverse=True)[:2]
-        assert top[0] - top[1] < 0.25, f"diverged at {diverge} where the top two logits differ by {top[0] - top[1]}"
     assert identical >= len(greedy) - 1, f"only {identical}/{len(greedy)} greedy generations identical"
     for request, got in zip(sampled, together[len(greedy):]):
         assert got.think_tokens <= request.max_think_tokens and got.answer in ("A", "B")

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from gram_local.cli.common import handle_errors, judge_options
+from gram_local.cli.common import engine_settings, handle_errors, judge_options
 
 # Judge options that would change the fixed workload; the benchmark sets them itself.
 _WORKLOAD_OPTIONS = {
@@ -53,7 +53,8 @@ def bench_command(
     The on-disk head cache is not used (--head-cache is ignored): the head is part of the cold cost.
     """
     from gram_local.bench import BenchRunner, WorkloadSpec, format_report, parse_operations
-    from gram_local.judge import load_judge
+    from gram_local.config import JudgeSettings
+    from gram_local.loading import load_judge
 
     ctx = click.get_current_context()
     given = [flag for name, flag in _WORKLOAD_OPTIONS.items()
@@ -70,18 +71,16 @@ def bench_command(
     judge = load_judge(
         opts["model"],
         quant=opts.get("quant"),
-        n_ctx=opts.get("ctx"),
-        n_threads=opts.get("threads"),
-        n_gpu_layers=opts.get("n_gpu_layers"),
-        n_parallel=opts.get("parallel") or 8,
-        speculative=speculative,
-        repack=opts.get("repack", True),
-        flash_attn=opts.get("flash_attn"),
-        head_cache=False,  # every operation starts cold, the instruction head included
-        date=opts["date"],
-        max_think_tokens=think_tokens,
-        allow_close=False,
-        seed=opts["seed"],
+        settings=JudgeSettings(
+            date=opts["date"],
+            max_think_tokens=think_tokens,
+            allow_close=False,
+            seed=opts["seed"],
+            n_ctx=opts.get("ctx"),
+            position="fixed",  # the reference workload shows each pair in input order
+        ),
+        # every operation starts cold, the instruction head included
+        engine=engine_settings(opts, speculative=speculative, head_cache=False),
     )
     load_seconds = time.perf_counter() - started
     runner = BenchRunner(judge, spec)

@@ -7,59 +7,65 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 
-from gram_local.errors import GramLocalError, InputError
+from gram_local import config
+from gram_local.config import EngineSettings, JudgeSettings
+from gram_local.config import env_name as env_name_of
+from gram_local.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, GramLocalError, InputError
+
+if TYPE_CHECKING:
+    from gram_local.judge import Judge
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_OK = 0
-EXIT_RUNTIME = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
-
-def env(name: str) -> str:
-    return f"GRAM_LOCAL_{name.upper().replace('-', '_')}"
-
 
 def _opt(*names: str, env_name: str, **kwargs: Any) -> Callable[[F], F]:
-    return click.option(*names, envvar=env(env_name), show_envvar=True, **kwargs)
+    return click.option(*names, envvar=env_name_of(env_name), show_envvar=True, **kwargs)
 
 
 def judge_options(func: F) -> F:
-    """The model, sampling and budget options of every judging command (after its name)."""
+    """The model, sampling, budget and engine options of every judging command (after its name)."""
     options = [
-        _opt("--model", "-m", env_name="model", default="gram-rr-3b", show_default=True,
+        _opt("--model", "-m", env_name="model", default=config.DEFAULT_MODEL, show_default=True,
              help="GGUF path, or a model name from the store."),
-        _opt("--quant", env_name="quant", default=None, help="Quantization of a stored model (default Q4_K_M)."),
+        _opt("--quant", env_name="quant", default=None,
+             help=f"Quantization of a stored model [default: {config.DEFAULT_QUANT}, or the only one stored]."),
         _opt("--temperature", env_name="temperature", type=float, default=None,
-             help="Sampling temperature [default: 0 (greedy); vote: 0.6]."),
-        _opt("--top-p", env_name="top_p", type=float, default=None, help="Nucleus sampling [default: 1; vote: 0.9]."),
-        _opt("--seed", env_name="seed", type=int, default=0, show_default=True, help="RNG seed."),
-        _opt("--max-think-tokens", env_name="max_think_tokens", type=click.IntRange(min=0), default=2048,
-             show_default=True, help="Think budget; at it the think block is closed. 0: answer at once."),
+             help=f"Sampling temperature [default: {config.DEFAULT_TEMPERATURE:g} (greedy); vote: {config.VOTE_TEMPERATURE:g}]."),
+        _opt("--top-p", env_name="top_p", type=float, default=None,
+             help=f"Nucleus sampling [default: {config.DEFAULT_TOP_P:g}; vote: {config.VOTE_TOP_P:g}]."),
+        _opt("--seed", env_name="seed", type=int, default=config.DEFAULT_SEED, show_default=True, help="RNG seed."),
+        _opt("--max-think-tokens", env_name="max_think_tokens", type=click.IntRange(min=0),
+             default=config.DEFAULT_MAX_THINK_TOKENS, show_default=True,
+             help="Think budget; at it the think block is closed. 0: answer at once."),
         click.option("--no-think", is_flag=True, default=False, help="Same as --max-think-tokens 0."),
+        _opt("--position", env_name="position", type=click.Choice(config.POSITIONS), default="shuffled", show_default=True,
+             help="Rank and best-of-n without --swap: which response of a pair is shown first "
+                  "(shuffled by a coin seeded with --seed, or always the earlier input)."),
         _opt("--ctx", env_name="ctx", type=click.IntRange(min=64), default=None,
              help="Context size per sequence [default: the prompt plus the budget, capped at the model's]."),
         _opt("--threads", env_name="threads", type=click.IntRange(min=1), default=None,
              help="CPU threads [default: all cores]."),
         _opt("--n-gpu-layers", env_name="n_gpu_layers", type=int, default=None,
              help="Layers to offload [default: all when the build can offload, else 0]."),
+        _opt("--parallel", env_name="parallel", type=click.IntRange(min=1, max=64), default=config.DEFAULT_PARALLEL,
+             show_default=True,
+             help="Most sequences decoded together; memory is reserved only for those that actually run."),
+        _opt("--kv-type", env_name="kv_type", type=click.Choice(config.KV_TYPES), default="f16", show_default=True,
+             help="KV cache type; q8_0 halves its memory (needs flash attention; see the README)."),
         _opt("--repack/--no-repack", env_name="repack", default=True, show_default=True,
              help="Repack CPU weights for llama.cpp's matrix kernels: faster one-sequence decoding; "
-                  "--no-repack prefills faster on some CPUs (see the README)."),
+                  "--no-repack prefills faster on some CPUs and memory-maps the file (see the README)."),
         _opt("--flash-attn/--no-flash-attn", env_name="flash_attn", default=None,
              help="Flash attention [default: on with GPU offload; off on a CPU, where each sequence has its "
                   "own KV stream and plain attention decodes faster]."),
         _opt("--head-cache/--no-head-cache", env_name="head_cache", default=True, show_default=True,
              help="Keep the instruction head's KV on disk (keyed by the model's SHA-256), so a new "
                   "process skips its prefill."),
-        _opt("--parallel", env_name="parallel", type=click.IntRange(min=1, max=64), default=8, show_default=True,
-             help="Sequences decoded together."),
-        _opt("--date", env_name="date", default="26 Jul 2024", show_default=True,
+        _opt("--date", env_name="date", default=config.DEFAULT_DATE, show_default=True,
              help="Date in the Llama-3 system block."),
         _opt("--json", "as_json", env_name="json", is_flag=True, default=False, help="One JSON object on stdout."),
     ]
@@ -68,29 +74,46 @@ def judge_options(func: F) -> F:
     return func
 
 
-def open_judge(opts: dict[str, Any], **overrides: Any) -> Any:
-    """Load the judge the options describe (plus any keyword overrides of `load_judge`'s)."""
-    from gram_local.judge import load_judge
-
+def judge_settings(opts: dict[str, Any]) -> JudgeSettings:
+    """The verdict-deciding settings the options describe."""
     temperature, top_p = opts.get("temperature"), opts.get("top_p")
-    arguments: dict[str, Any] = {
-        "quant": opts.get("quant"),
-        "n_ctx": opts.get("ctx"),
+    return JudgeSettings(
+        date=opts.get("date", config.DEFAULT_DATE),
+        max_think_tokens=0 if opts.get("no_think") else opts.get("max_think_tokens", config.DEFAULT_MAX_THINK_TOKENS),
+        temperature=config.DEFAULT_TEMPERATURE if temperature is None else temperature,
+        top_p=config.DEFAULT_TOP_P if top_p is None else top_p,
+        seed=opts.get("seed", config.DEFAULT_SEED),
+        vote_temperature=config.VOTE_TEMPERATURE if temperature is None else temperature,
+        vote_top_p=config.VOTE_TOP_P if top_p is None else top_p,
+        n_ctx=opts.get("ctx"),
+        position=opts.get("position", "shuffled"),
+    )
+
+
+def engine_settings(opts: dict[str, Any], **overrides: Any) -> EngineSettings:
+    """How the in-process engine runs, from the options."""
+    values: dict[str, Any] = {
         "n_threads": opts.get("threads"),
         "n_gpu_layers": opts.get("n_gpu_layers"),
-        "n_parallel": opts.get("parallel") or 8,
+        "parallel": opts.get("parallel") or config.DEFAULT_PARALLEL,
+        "kv_type": opts.get("kv_type", "f16"),
         "repack": opts.get("repack", True),
-        "head_cache": opts.get("head_cache", True),
         "flash_attn": opts.get("flash_attn"),
-        "date": opts["date"],
-        "max_think_tokens": 0 if opts.get("no_think") else opts["max_think_tokens"],
-        "temperature": 0.0 if temperature is None else temperature,
-        "top_p": 1.0 if top_p is None else top_p,
-        "seed": opts["seed"],
-        "vote_temperature": 0.6 if temperature is None else temperature,
-        "vote_top_p": 0.9 if top_p is None else top_p,
+        "head_cache": opts.get("head_cache", True),
     }
-    return load_judge(opts["model"], **(arguments | overrides))
+    return EngineSettings(**(values | overrides))
+
+
+def open_judge(opts: dict[str, Any], *, settings: JudgeSettings | None = None, **engine_overrides: Any) -> Judge:
+    """Load the judge the options describe."""
+    from gram_local.loading import load_judge
+
+    return load_judge(
+        opts["model"],
+        quant=opts.get("quant"),
+        settings=settings or judge_settings(opts),
+        engine=engine_settings(opts, **engine_overrides),
+    )
 
 
 def read_text(value: str | None, what: str) -> str | None:
@@ -163,7 +186,7 @@ def handle_errors(func: F) -> F:
             click.echo("error: out of memory; try a smaller --ctx, --parallel or a smaller quantization", err=True)
             sys.exit(EXIT_RUNTIME)
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
-            if os.environ.get("GRAM_LOCAL_DEBUG"):
+            if os.environ.get(config.ENV_DEBUG):
                 raise
             click.echo(f"error: {type(exc).__name__}: {exc} (set GRAM_LOCAL_DEBUG=1 for a traceback)", err=True)
             sys.exit(EXIT_RUNTIME)

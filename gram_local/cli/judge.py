@@ -1,4 +1,4 @@
-"""The judging commands: compare, vote, rank, best-of-n, prompt, doctor."""
+"""The judging commands: compare, vote, rank, best-of-n, prompt."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from gram_local.cli.common import (
     read_text,
     string_field,
 )
+from gram_local.cli.display import ThinkDisplay
+from gram_local.config import DEFAULT_VOTES, env_name
 from gram_local.errors import InputError
+from gram_local.operations import METHODS
 
 
 def _pair_inputs(question: str | None, a: str | None, b: str | None) -> tuple[str, str, str]:
@@ -108,63 +111,81 @@ def _with(options: list[Any]) -> Any:
     return deco
 
 
+stream_option = click.option(
+    "--stream", is_flag=True, default=False,
+    help="Print the reasoning on stderr as it is generated (otherwise a progress line on a terminal).",
+)
+
+
+def _budget(opts: dict[str, Any]) -> int:
+    return 0 if opts.get("no_think") else int(opts["max_think_tokens"])
+
+
 @click.command()
 @_with(pair_text_options)
-@click.option("--swap", envvar="GRAM_LOCAL_SWAP", show_envvar=True, is_flag=True, help="Judge both orders.")
+@click.option("--swap", envvar=env_name("swap"), show_envvar=True, is_flag=True, help="Judge both orders.")
+@stream_option
 @judge_options
 @handle_errors
-def compare(question: str | None, a: str | None, b: str | None, swap: bool, **opts: Any) -> None:
+def compare(question: str | None, a: str | None, b: str | None, swap: bool, stream: bool, **opts: Any) -> None:
     """Which of two responses is better."""
     q, ra, rb = _pair_inputs(question, a, b)
     judge = open_judge(opts)
-    result = judge.compare(q, ra, rb, swap=swap).to_dict()
+    with ThinkDisplay(["AB", "BA"] if swap else ["AB"], budget=_budget(opts), stream=stream) as display:
+        result = judge.compare(q, ra, rb, swap=swap, on_think=display).to_dict()
     emit(result, opts["as_json"], _compare_summary)
 
 
 @click.command()
 @_with(pair_text_options)
-@click.option("-k", "--votes", envvar="GRAM_LOCAL_VOTES", show_envvar=True, type=click.IntRange(min=1),
-              default=8, show_default=True, help="Number of sampled judgments.")
+@click.option("-k", "--votes", envvar=env_name("votes"), show_envvar=True, type=click.IntRange(min=1),
+              default=DEFAULT_VOTES, show_default=True, help="Number of sampled judgments.")
+@stream_option
 @judge_options
 @handle_errors
-def vote(question: str | None, a: str | None, b: str | None, votes: int, **opts: Any) -> None:
+def vote(question: str | None, a: str | None, b: str | None, votes: int, stream: bool, **opts: Any) -> None:
     """Majority of k sampled judgments (one order)."""
     q, ra, rb = _pair_inputs(question, a, b)
     judge = open_judge(opts)
-    result = judge.vote(q, ra, rb, k=votes).to_dict()
+    with ThinkDisplay([f"vote {i + 1}" for i in range(votes)], budget=_budget(opts), stream=stream) as display:
+        result = judge.vote(q, ra, rb, k=votes, on_think=display).to_dict()
     emit(result, opts["as_json"], _vote_summary)
 
 
 list_text_options = [
     click.option("-q", "--question", default=None, help="The question (@FILE reads a file, @- stdin)."),
     click.option("-r", "--response", "responses", multiple=True, help="A response (repeat, at least twice)."),
-    click.option("--swap", envvar="GRAM_LOCAL_SWAP", show_envvar=True, is_flag=True, help="Judge both orders."),
+    click.option("--swap", envvar=env_name("swap"), show_envvar=True, is_flag=True, help="Judge both orders."),
 ]
 
 
 @click.command()
 @_with(list_text_options)
-@click.option("--method", envvar="GRAM_LOCAL_METHOD", show_envvar=True, type=click.Choice(["sort", "round-robin"]),
+@click.option("--method", envvar=env_name("method"), show_envvar=True, type=click.Choice(METHODS),
               default="sort", show_default=True, help="Comparison sort, or every pair with Bradley-Terry scores.")
+@stream_option
 @judge_options
 @handle_errors
-def rank(question: str | None, responses: tuple[str, ...], swap: bool, method: str, **opts: Any) -> None:
+def rank(question: str | None, responses: tuple[str, ...], swap: bool, method: str, stream: bool, **opts: Any) -> None:
     """Rank responses, best first."""
     q, texts = _list_inputs(question, responses)
     judge = open_judge(opts)
-    result = judge.rank(q, texts, method=method, swap=swap).to_dict()  # type: ignore[arg-type]
+    with ThinkDisplay(None, budget=_budget(opts), stream=stream) as display:
+        result = judge.rank(q, texts, method=method, swap=swap, on_think=display).to_dict()
     emit(result, opts["as_json"], _rank_summary)
 
 
 @click.command("best-of-n")
 @_with(list_text_options)
+@stream_option
 @judge_options
 @handle_errors
-def best_of_n(question: str | None, responses: tuple[str, ...], swap: bool, **opts: Any) -> None:
+def best_of_n(question: str | None, responses: tuple[str, ...], swap: bool, stream: bool, **opts: Any) -> None:
     """The best response by knockout (n-1 comparisons)."""
     q, texts = _list_inputs(question, responses)
     judge = open_judge(opts)
-    result = judge.best_of_n(q, texts, swap=swap).to_dict()
+    with ThinkDisplay(None, budget=_budget(opts), stream=stream) as display:
+        result = judge.best_of_n(q, texts, swap=swap, on_think=display).to_dict()
     emit(result, opts["as_json"], _best_summary)
 
 
@@ -183,74 +204,5 @@ def prompt(question: str | None, a: str | None, b: str | None, **opts: Any) -> N
         return
     click.echo(view.text, nl=False)
     click.echo(f"\n--- {len(view.tokens)} tokens ---")
-    pieces = [f"{t}:{judge.engine.token_text(t)!r}" for t in view.tokens]
+    pieces = [f"{t}:{judge.backend.token_text(t)!r}" for t in view.tokens]
     click.echo(" ".join(pieces))
-
-
-@click.command()
-@click.option("--model", "-m", envvar="GRAM_LOCAL_MODEL", show_envvar=True, default=None,
-              help="Also load this model (GGUF path or stored name) and show its metadata.")
-@click.option("--quant", envvar="GRAM_LOCAL_QUANT", show_envvar=True, default=None)
-@click.option("--n-gpu-layers", envvar="GRAM_LOCAL_N_GPU_LAYERS", show_envvar=True, type=int, default=None)
-@click.option("--json", "as_json", envvar="GRAM_LOCAL_JSON", show_envvar=True, is_flag=True, default=False)
-@handle_errors
-def doctor(model: str | None, quant: str | None, n_gpu_layers: int | None, as_json: bool) -> None:
-    """The llama.cpp build (CPU/CUDA/Metal), GPU offload, and a model's metadata."""
-    from gram_local import __version__
-    from gram_local.engine import system_info
-
-    info: dict[str, Any] = {"gram_local": __version__, **system_info()}
-    text = info["system_info"]
-    info["compiled"] = {
-        "cpu": True,
-        "cuda": "CUDA" in text or any("CUDA" in b for b in info["backends"]),
-        "metal": "METAL" in text.upper() or any("Metal" in b or "MTL" in b for b in info["backends"]),
-    }
-    if model:
-        from gram_local.judge import load_judge
-
-        judge = load_judge(model, quant=quant, n_gpu_layers=n_gpu_layers, max_think_tokens=8, head_cache=False)
-        engine = judge.engine
-        meta = engine.metadata
-        info["model"] = {
-            **judge.model.to_dict(),
-            "architecture": meta.architecture,
-            "name": meta.name,
-            "description": meta.file_type,
-            "parameters": meta.n_params,
-            "layers": meta.n_layer,
-            "context_length": meta.n_ctx_train,
-            "vocabulary": meta.n_vocab,
-            "chat_format": judge.chat_format,
-            "answer_tokens": {"A": engine.token_a, "B": engine.token_b},
-            "gpu_layers": engine.n_gpu_layers,
-        }
-        # Offload works when a layer actually went to the GPU and a decode there gives an answer.
-        if info["gpu_offload"] and engine.n_gpu_layers > 0:
-            try:
-                judge.compare("1+1?", "2", "3", max_think_tokens=0)
-                info["offload_check"] = "ok: a judgment ran with layers offloaded"
-            except Exception as exc:  # noqa: BLE001 - reported, not raised
-                info["offload_check"] = f"failed: {exc}"
-        else:
-            info["offload_check"] = "not applicable: CPU-only build or --n-gpu-layers 0"
-    if as_json:
-        click.echo(json.dumps(info, ensure_ascii=False))
-        return
-    compiled = ", ".join(k.upper() for k, v in info["compiled"].items() if v)
-    lines = [
-        f"gram-local {info['gram_local']}  llama-cpp-python {info['llama_cpp_python']}  llama.cpp {info['llama_cpp']}",
-        f"compiled backends: {compiled}   devices: {', '.join(info['backends']) or '-'}",
-        f"GPU offload supported by this build: {'yes' if info['gpu_offload'] else 'no'}",
-        f"CPU features: {info['system_info']}",
-    ]
-    if "model" in info:
-        m = info["model"]
-        lines += [
-            f"model: {m['path']}  ({m['description']}, {m['parameters'] / 1e9:.2f} B parameters, {m['layers']} layers)",
-            f"  sha256 {m['sha256']}",
-            f"  context {m['context_length']}, vocabulary {m['vocabulary']}, chat format {m['chat_format']}, "
-            f"A={m['answer_tokens']['A']} B={m['answer_tokens']['B']}",
-            f"  offload: {info['offload_check']}",
-        ]
-    click.echo("\n".join(lines))

@@ -1,0 +1,56 @@
+"""From a model name or path to a ready judge: resolve, check, load.
+
+    load_judge("gram-rr-3b")
+    load_judge("model.gguf", settings=JudgeSettings(max_think_tokens=512), engine=EngineSettings(parallel=4))
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gram_local.config import EngineSettings, JudgeSettings
+from gram_local.judge import Judge
+from gram_local.results import ModelInfo
+
+
+def load_judge(
+    model: str | os.PathLike[str],
+    *,
+    quant: str | None = None,
+    settings: JudgeSettings | None = None,
+    engine: EngineSettings | None = None,
+) -> Judge:
+    """Load a GGUF (a path, or a model name from the store) as a judge on the in-process engine."""
+    from gram_local.engine import Engine
+    from gram_local.models import resolve_model
+    from gram_local.paths import kv_cache_dir
+
+    engine_settings = engine or EngineSettings()
+    resolved = resolve_model(model, quant=quant)
+    head_cache = engine_settings.head_cache
+    prefix_dir: Path | None
+    if head_cache is True:
+        prefix_dir = kv_cache_dir()
+    elif head_cache:
+        prefix_dir = Path(head_cache)
+    else:
+        prefix_dir = None
+    backend = Engine(resolved.path, engine_settings, model_id=resolved.sha256 or None, prefix_dir=prefix_dir)
+    try:
+        info = ModelInfo(
+            path=str(resolved.path),
+            name=resolved.name,
+            sha256=resolved.sha256,
+            quantization=resolved.quant or _quant_name(backend.metadata.file_type),
+        )
+        return Judge(backend, model=info, settings=settings)
+    except BaseException:
+        backend.close()
+        raise
+
+
+def _quant_name(description: str) -> str | None:
+    """The file type llama.cpp reports (e.g. `Q4_K - Medium`), as the quantization of a bare path."""
+    parts = description.split(" ", 2)
+    return parts[2] if len(parts) == 3 else description or None
