@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 from batch_fakes import TOO_LONG, FakeJudge, Interrupting
+from fake_backend import ScriptedBackend
 from click.testing import CliRunner
 
 import gram_local.cli.batch as cli_batch
 from gram_local.batch import (
     BatchUsageError,
-    Progress,
     SettingsMismatchError,
     Task,
     TaskDefaults,
@@ -134,7 +134,7 @@ def test_mixed_batch_writes_one_record_per_id(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", MIXED)
     out = tmp_path / "out.jsonl"
     judge = FakeJudge()
-    summary = run_batch(judge, src, out, chunk_size=8)
+    summary = run_batch(judge, src, out, in_flight=8)
     assert summary.exit_code == 3 and summary.failed == 4 and summary.judged == 10
     records = {id_key(r["id"]): r for r in lines(out)}
     assert len(records) == 10 == len(lines(out))
@@ -148,7 +148,7 @@ def test_mixed_batch_writes_one_record_per_id(tmp_path: Path) -> None:
     assert records['"r1"']["op"] == "rank" and records['"r1"']["ranking"] == [1, 2, 0]
     assert records['"n1"']["best"] == 1
     errors = {k: r["error"] for k, r in records.items() if r["status"] == "error"}
-    assert errors['"long"']["type"] == "ContextOverflowError" and "9000 tokens" in errors['"long"']["message"]
+    assert errors['"long"']["type"] == "ContextOverflowError" and "tokens" in errors['"long"']["message"]
     assert errors['"empty"']["type"] == "InputError"
     assert "'a' and 'b'" in errors['"nofield"']["message"]
     no_id = sorted((r for r in records.values() if str(r["id"]).startswith("sha256:")), key=lambda r: r["status"])
@@ -156,16 +156,21 @@ def test_mixed_batch_writes_one_record_per_id(tmp_path: Path) -> None:
     assert broken["line"] == 8 and broken["error"]["type"] == "InvalidRow"
     assert "line 8: not valid JSON" in broken["error"]["message"]
     assert judged["status"] == "ok" and judged["winner"] == "a"
-    # Comparisons reach the engine in chunks, one call per swap setting.
-    assert ("compare_many", 4) in judge.calls and ("compare_many", 1) in judge.calls
-    assert not any(name == "compare" for name, _ in judge.calls)
+    # Tasks of every kind reach the backend together, up to the in-flight limit.
+    assert max(backend(judge).batch_sizes) > 1
 
 
-def test_chunks_never_exceed_the_chunk_size(tmp_path: Path) -> None:
+def backend(judge: Any) -> ScriptedBackend:
+    assert isinstance(judge.backend, ScriptedBackend)
+    return judge.backend
+
+
+def test_tasks_in_flight_never_exceed_the_limit(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", pairs(11))
     judge = FakeJudge()
-    run_batch(judge, src, tmp_path / "out.jsonl", chunk_size=4)
-    assert judge.calls == [("compare_many", 4), ("compare_many", 4), ("compare_many", 3)]
+    run_batch(judge, src, tmp_path / "out.jsonl", in_flight=4)
+    sizes = backend(judge).batch_sizes
+    assert max(sizes) == 4 and len(lines(tmp_path / "out.jsonl")) == 11
 
 
 def test_resume_skips_done_ids_and_limit_takes_the_first(tmp_path: Path) -> None:
@@ -177,7 +182,7 @@ def test_resume_skips_done_ids_and_limit_takes_the_first(tmp_path: Path) -> None
     judge = FakeJudge()
     second = run_batch(judge, src, out)
     assert (second.skipped, second.judged, second.exit_code) == (4, 6, 0)
-    assert sum(n for _, n in judge.calls) == 6
+    assert backend(judge).finished == 6  # only the missing tasks were generated
     ids = [r["id"] for r in lines(out)]
     assert sorted(ids) == sorted(f"p{i}" for i in range(10)) and len(ids) == 10
     third = run_batch(FakeJudge(), src, out)
@@ -240,7 +245,7 @@ def test_other_settings_are_refused_naming_the_keys(tmp_path: Path) -> None:
 def test_interrupt_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", pairs(10))
     out = tmp_path / "out.jsonl"
-    summary = run_batch(Interrupting(after=4), src, out, chunk_size=3)
+    summary = run_batch(Interrupting(after=4), src, out, in_flight=3)
     assert summary.interrupted and summary.exit_code == 130
     assert (summary.judged, summary.remaining) == (4, 6)
     assert len(lines(out)) == 4
@@ -333,18 +338,20 @@ def test_a_second_writer_is_refused(tmp_path: Path) -> None:
     assert run_batch(FakeJudge(), src, out).judged == 2
 
 
-class Crashing(FakeJudge):
-    def _judgment(self, question: str, *args: Any, **kwargs: Any) -> Any:
-        if question == "q3":
+class Crashing(ScriptedBackend):
+    def _start(self, handle: Any) -> Any:
+        if "[User Question]\nq3\n" in self.detokenize(handle.request.prompt):
             raise RuntimeError("engine failure")
-        return super()._judgment(question, *args, **kwargs)
+        return super()._start(handle)
 
 
 def test_runtime_failure_propagates_keeping_finished_work(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", pairs(6))
     out = tmp_path / "out.jsonl"
+    judge = FakeJudge()
+    judge.backend = judge.runner.backend = Crashing()
     with pytest.raises(RuntimeError):
-        run_batch(Crashing(), src, out, chunk_size=1)
+        run_batch(judge, src, out, in_flight=1)
     assert [r["id"] for r in lines(out)] == ["p0", "p1", "p2"]
     assert run_batch(FakeJudge(), src, out).judged == 3
 
@@ -359,41 +366,6 @@ def test_records_survive_line_separators_inside_texts(tmp_path: Path) -> None:
     assert run_batch(FakeJudge(), src, out).judged == 0
 
 
-# ------------------------------------------------------------------------------------------ progress
-
-
-def test_progress_plain_lines_off_a_terminal() -> None:
-    stream = io.StringIO()
-    progress = Progress(stream, tty=False, interval=0.0)
-    progress.start(3, skipped=2)
-    for ok in (True, False, True):
-        progress.advance(ok)
-    progress.finish()
-    text = stream.getvalue()
-    assert "\r" not in text and "2 task(s) already done" in text
-    assert "3/3 (100.0%)" in text and "1 failed" in text and "ETA" in text
-
-
-def test_progress_waits_for_a_burst_to_settle() -> None:
-    stream = io.StringIO()
-    progress = Progress(stream, tty=False, interval=0.0)
-    progress.start(4, skipped=0)
-    progress.advance(True, settled=False)
-    progress.advance(True, settled=False)
-    assert stream.getvalue().count("\n") == 1  # only the start line: no rate from half a burst
-    progress.advance(True)
-    assert "3/4 (75.0%)" in stream.getvalue().splitlines()[-1]
-
-
-def test_progress_bar_on_a_terminal() -> None:
-    stream = io.StringIO()
-    progress = Progress(stream, tty=True)
-    progress.start(4, skipped=0)
-    progress.advance(True)
-    text = stream.getvalue()
-    assert text.startswith("\r[#####...............] 1/4 (25.0%)") and "ETA" in text
-
-
 # ------------------------------------------------------------------------------------------ the CLI
 
 
@@ -401,7 +373,7 @@ def test_progress_bar_on_a_terminal() -> None:
 def fake_cli(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     made: dict[str, Any] = {}
 
-    def open_fake(opts: dict[str, Any], **_: Any) -> FakeJudge:
+    def open_fake(opts: dict[str, Any], **_: Any) -> Any:
         made["opts"] = opts
         made["judge"] = FakeJudge(seed=opts["seed"], max_think_tokens=opts["max_think_tokens"])
         return made["judge"]
@@ -419,7 +391,7 @@ def test_cli_exit_codes_and_json_summary(tmp_path: Path, fake_cli: dict[str, Any
     summary = json.loads(result.stdout)
     assert summary["judged"] == 3 and summary["exit_code"] == 0
     assert all(len(r["judgments"]) == 2 for r in lines(out))
-    assert fake_cli["opts"]["parallel"] == 8 and fake_cli["judge"].calls == [("compare_many", 3)]
+    assert fake_cli["opts"]["parallel"] == 8 and max(backend(fake_cli["judge"]).batch_sizes) == 6  # 3 tasks x 2 orders
 
     refused = runner.invoke(cli_batch.batch_command, [str(src), "-o", str(out), "--seed", "3"])
     assert refused.exit_code == 2 and "seed: 0 in OUT, 3 now" in refused.stderr and "Traceback" not in refused.output
@@ -446,3 +418,61 @@ def test_cli_votes_and_shard(tmp_path: Path, fake_cli: dict[str, Any]) -> None:
     ids = [r["id"] for recs in outs for r in recs]
     assert sorted(ids) == sorted(f"p{i}" for i in range(12))
     assert all(r["op"] == "vote" and len(r["judgments"]) == 3 for recs in outs for r in recs)
+
+
+# ------------------------------------------------------------------------------------------ hardening
+
+
+@pytest.mark.parametrize("link", ["same", "symlink", "hardlink"])
+@pytest.mark.parametrize("force", [False, True])
+def test_cli_never_writes_over_its_own_input(tmp_path: Path, fake_cli: dict[str, Any], link: str, force: bool) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(3))
+    before = src.read_bytes()
+    out = src
+    if link == "symlink":
+        out = tmp_path / "out.jsonl"
+        out.symlink_to(src)
+    elif link == "hardlink":
+        out = tmp_path / "out.jsonl"
+        out.hardlink_to(src)
+    result = CliRunner().invoke(cli_batch.batch_command, [str(src), "-o", str(out), *(["--force"] if force else [])])
+    assert result.exit_code == 2, result.output
+    assert "OUT is the input file" in result.stderr and "Traceback" not in result.output
+    assert src.read_bytes() == before
+    assert "judge" not in fake_cli  # refused before the model was loaded
+    assert not (tmp_path / "in.jsonl.new").exists() and not (tmp_path / "out.jsonl.new").exists()
+
+
+def test_a_repeated_invalid_row_is_reported_once(tmp_path: Path) -> None:
+    bad = {"id": "bad", "question": "q", "a": "only a"}
+    src = write_jsonl(tmp_path / "in.jsonl", [bad, bad, "{broken", "{broken", *pairs(2)])
+    out = tmp_path / "out.jsonl"
+    summary = run_batch(FakeJudge(), src, out)
+    assert (summary.judged, summary.failed) == (4, 2)
+    assert sum("reported once" in n for n in summary.notes) == 2
+    assert not any("judged once" in n for n in summary.notes)
+    assert len(lines(out)) == 4
+
+
+def test_an_interrupt_held_during_a_write_is_counted_with_that_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    import gram_local.batch.outfile as outfile
+
+    real_write_all = outfile._write_all
+    writes = {"n": 0}
+
+    def write_all_then_ctrl_c(fd: int, data: bytes) -> None:
+        real_write_all(fd, data)
+        writes["n"] += 1
+        if writes["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # held until the record is written and counted
+
+    monkeypatch.setattr(outfile, "_write_all", write_all_then_ctrl_c)
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(6))
+    out = tmp_path / "out.jsonl"
+    summary = run_batch(FakeJudge(), src, out, in_flight=1)
+    assert summary.interrupted
+    assert summary.judged == len(lines(out)) == 3
+    assert summary.remaining == 3

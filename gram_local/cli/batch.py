@@ -12,8 +12,11 @@ from typing import Any
 
 import click
 
-from gram_local.batch import DEFAULT_CHUNK, METHODS, BatchSummary, Progress, TaskDefaults, parse_shard, read_tasks, run_batch
+from gram_local.batch import BatchSummary, TaskDefaults, parse_shard, read_tasks, refuse_same_file, run_batch
 from gram_local.cli.common import handle_errors, judge_options, open_judge
+from gram_local.cli.display import BatchProgress
+from gram_local.config import DEFAULT_PARALLEL
+from gram_local.operations import METHODS
 
 
 @contextlib.contextmanager
@@ -34,9 +37,9 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def chunk_size_for(opts: dict[str, Any], chunk_size: int | None) -> int:
-    """Comparisons per engine call: as many as it decodes together, unless told otherwise."""
-    return chunk_size or opts.get("parallel") or DEFAULT_CHUNK
+def in_flight_for(opts: dict[str, Any], chunk_size: int | None) -> int:
+    """Tasks judged at once: as many as the engine decodes together, unless told otherwise."""
+    return chunk_size or opts.get("parallel") or DEFAULT_PARALLEL
 
 
 def report_summary(summary: BatchSummary) -> None:
@@ -62,7 +65,7 @@ def report_summary(summary: BatchSummary) -> None:
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Only the first N tasks (after --shard).")
 @click.option("--shard", default=None, metavar="i/n", help="Only the tasks whose id hashes to shard i of n (0-based).")
 @click.option("--force", is_flag=True, default=False, help="Start over; OUT is replaced only once the new run is complete.")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Comparisons per engine call [default: --parallel].")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Tasks judged at once [default: --parallel].")
 @judge_options
 @handle_errors
 def batch_command(
@@ -89,6 +92,7 @@ def batch_command(
     if swap and votes:
         raise click.UsageError("--swap and --votes cannot be combined: a vote judges one order")
     shard_spec = parse_shard(shard) if shard is not None else None
+    refuse_same_file(input_path, Path(out))  # before anything is read or loaded, whatever the flags
     tasks = read_tasks(input_path)
     defaults = TaskDefaults(swap=swap, votes=votes, method=method)
     with terminate_as_interrupt():
@@ -101,8 +105,9 @@ def batch_command(
             limit=limit,
             shard=shard_spec,
             defaults=defaults,
-            chunk_size=chunk_size_for(opts, chunk_size),
-            progress=Progress(),
+            in_flight=in_flight_for(opts, chunk_size),
+            progress=BatchProgress(),
+            source=input_path,
         )
     report_summary(summary)
     if opts.get("as_json"):

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import click
 
-from gram_local.batch import Progress
-from gram_local.cli.batch import chunk_size_for, report_summary, terminate_as_interrupt
+from gram_local.cli.batch import in_flight_for, report_summary, terminate_as_interrupt
+from gram_local.cli.display import BatchProgress
 from gram_local.cli.common import handle_errors, judge_options, open_judge
 from gram_local.evals.data import DEFAULT_JUDGEBENCH_SPLIT, JUDGEBENCH_SPLITS
 from gram_local.evals.plot import plot_result, require_matplotlib
@@ -93,7 +93,7 @@ def judgebench_command(
     with terminate_as_interrupt():
         judge = open_judge(opts)
         run = run_judgebench(
-            judge, job, out_path, force=force, chunk_size=chunk_size_for(opts, chunk_size), progress=Progress(label="judgebench")
+            judge, job, out_path, force=force, in_flight=in_flight_for(opts, chunk_size), progress=BatchProgress(label="judgebench")
         )
     _finish(run, as_json=opts.get("as_json", False), report=report, plot_dir=plot_dir)
 
@@ -126,6 +126,6 @@ def rmbench_command(
     with terminate_as_interrupt():
         judge = open_judge(opts)
         run = run_rmbench(
-            judge, job, out_path, force=force, chunk_size=chunk_size_for(opts, chunk_size), progress=Progress(label="rm-bench")
+            judge, job, out_path, force=force, in_flight=in_flight_for(opts, chunk_size), progress=BatchProgress(label="rm-bench")
         )
     _finish(run, as_json=opts.get("as_json", False), report=report, plot_dir=plot_dir)

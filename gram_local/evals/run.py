@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from gram_local.batch import DEFAULT_CHUNK, BatchSummary, Judge, Progress, load_records, run_batch
+from gram_local.batch import BatchProgress, BatchSummary, load_records, run_batch
 from gram_local.evals import data as bench_data
 from gram_local.evals.judgebench import judgments_from_records, pair_tasks, score_judgebench
 from gram_local.evals.rmbench import cell_tasks, cells_from_records, score_rmbench
+
+if TYPE_CHECKING:
+    from gram_local.judge import Judge
 
 T = TypeVar("T")
 
@@ -101,8 +104,8 @@ def _judge_tasks(
     benchmark: str,
     *,
     force: bool,
-    chunk_size: int,
-    progress: Progress | None,
+    in_flight: int | None,
+    progress: BatchProgress | None,
 ) -> tuple[BatchSummary, dict[str, dict[str, Any]]]:
     """Run a benchmark's tasks as a resumable batch job; return its summary and every record in OUT."""
     summary = run_batch(
@@ -110,7 +113,7 @@ def _judge_tasks(
         tasks,
         out,
         force=force,
-        chunk_size=chunk_size,
+        in_flight=in_flight,
         progress=progress,
         extra_settings={"eval": {"benchmark": benchmark}},
     )
@@ -123,12 +126,12 @@ def run_judgebench(
     out: Path,
     *,
     force: bool = False,
-    chunk_size: int = DEFAULT_CHUNK,
-    progress: Progress | None = None,
+    in_flight: int | None = None,
+    progress: BatchProgress | None = None,
 ) -> EvalRun:
     """Judge the pairs in both orders (resuming OUT) and score them by the official rule."""
     tasks = pair_tasks(job.pairs)
-    summary, records = _judge_tasks(judge, tasks, out, "judgebench", force=force, chunk_size=chunk_size, progress=progress)
+    summary, records = _judge_tasks(judge, tasks, out, "judgebench", force=force, in_flight=in_flight, progress=progress)
     scores = score_judgebench(job.pairs, judgments_from_records(job.pairs, records), split=job.split.name)
     result = {
         "benchmark": "judgebench",
@@ -172,12 +175,12 @@ def run_rmbench(
     out: Path,
     *,
     force: bool = False,
-    chunk_size: int = DEFAULT_CHUNK,
-    progress: Progress | None = None,
+    in_flight: int | None = None,
+    progress: BatchProgress | None = None,
 ) -> EvalRun:
     """Judge the 3x3 style matrix of each prompt in both orders (resuming OUT) and score it."""
     tasks = cell_tasks(job.items)
-    summary, records = _judge_tasks(judge, tasks, out, "rm-bench", force=force, chunk_size=chunk_size, progress=progress)
+    summary, records = _judge_tasks(judge, tasks, out, "rm-bench", force=force, in_flight=in_flight, progress=progress)
     scores = score_rmbench(job.items, cells_from_records(job.items, records))
     result = {
         "benchmark": "rm-bench",
