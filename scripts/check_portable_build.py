@@ -5,7 +5,7 @@ llama.cpp's build flags are easy to get wrong (`-DGGML_NATIVE=ON` is the default
 says what the compiler was asked for. This reads the machine code itself: any AVX-512 (zmm or
 mask registers, EVEX-only registers and mnemonics), AVX-VNNI or AMX instruction fails the check.
 
-    python scripts/check_portable_build.py [path/to/libggml-cpu.so]
+    python scripts/check_portable_build.py [path/to/libggml-cpu.so | path/to/llama_cpp_python-*.whl]
 
 Exit 0: nothing beyond x86-64-v3; 1: offending functions listed; 2: objdump or the library missing.
 """
@@ -18,6 +18,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,15 +103,34 @@ def installed_library() -> Path | None:
     return path if path.is_file() else None
 
 
+def library_from_wheel(wheel: Path, into: Path) -> Path | None:
+    """The CPU library inside a llama-cpp-python wheel, extracted to `into` (a wheel is a zip)."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = [n for n in archive.namelist() if Path(n).name.startswith("libggml-cpu.so") and not archive.getinfo(n).is_dir()]
+        if not names:
+            return None
+        target = into / "libggml-cpu.so"
+        target.write_bytes(archive.read(min(names, key=len)))
+        return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("library", nargs="?", type=Path, help="default: the installed llama_cpp/lib/libggml-cpu.so")
+    parser.add_argument("library", nargs="?", type=Path,
+                        help="a libggml-cpu.so or a llama-cpp-python wheel (default: the installed llama_cpp/lib/libggml-cpu.so)")
     args = parser.parse_args(argv)
     objdump = shutil.which("objdump")
     if objdump is None:
         print("error: objdump is not installed (binutils); it is needed to read the library's code", file=sys.stderr)
         return 2
     library = args.library or installed_library()
+    shown = library
+    if library is not None and library.suffix == ".whl" and library.is_file():
+        temp = tempfile.TemporaryDirectory()
+        library = library_from_wheel(library, Path(temp.name))
+        if library is None:
+            print(f"error: {shown} holds no libggml-cpu.so", file=sys.stderr)
+            return 2
     if library is None or not library.is_file():
         print(f"error: no library at {library or 'llama_cpp/lib/libggml-cpu.so (llama_cpp not installed)'}",
               file=sys.stderr)
@@ -119,17 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         assert proc.stdout is not None
         result = scan(proc.stdout)
     if proc.returncode != 0:
-        print(f"error: objdump failed on {library} (exit {proc.returncode})", file=sys.stderr)
+        print(f"error: objdump failed on {shown} (exit {proc.returncode})", file=sys.stderr)
         return 2
     if result.offending:
         total = sum(count for kinds in result.offending.values() for _, count in kinds.values())
-        print(f"{library}: {total} instructions beyond x86-64-v3 in {len(result.offending)} of "
+        print(f"{shown}: {total} instructions beyond x86-64-v3 in {len(result.offending)} of "
               f"{result.functions} functions:")
         for function, kinds in sorted(result.offending.items()):
             shown = "; ".join(f"{kind} x{count} (e.g. {first})" for kind, (first, count) in sorted(kinds.items()))
             print(f"  {function}: {shown}")
         return 1
-    print(f"{library}: ok, {result.instructions} instructions in {result.functions} functions, "
+    print(f"{shown}: ok, {result.instructions} instructions in {result.functions} functions, "
           "none beyond x86-64-v3")
     return 0
 
