@@ -90,5 +90,14 @@ def test_doctor_reports_build_and_model(smollm2_path: Path) -> None:
     p = run("doctor", "--model", str(smollm2_path), "--json")
     assert p.returncode == 0, p.stderr
     info = json.loads(p.stdout)
-    assert info["compiled"]["cpu"] is True and "gpu_offload" in info
+    import llama_cpp
+
+    # The devices come from llama.cpp's own registry: this CPU build has exactly one, the CPU.
+    assert info["devices"] is not None, "doctor cannot see llama.cpp's devices"
+    assert [d["kind"] for d in info["devices"]] == ["cpu"] and info["devices"][0]["memory_total"] > 0
+    assert info["gpu_offload"] is bool(llama_cpp.llama_supports_gpu_offload())
+    assert info["compiled"] == {"cpu": True, "cuda": False, "metal": False}
+    assert info["system_info"] == llama_cpp.llama_print_system_info().decode().strip()
+    # The CPU check ran on this machine and found nothing missing (else nothing here would run).
+    assert info["cpu_check"]["checked"] is True and info["cpu_check"]["missing"] == []
     assert info["model"]["answer_tokens"] and info["model"]["chat_format"] == "gguf-template"
