@@ -184,7 +184,10 @@ def test_prompt_lookup_drafts_are_accepted_and_change_nothing(smollm2_path) -> N
     rows of one sequence in one batch, and with flash attention a rolled-back draft moves later
     tokens to other KV cells. Whether that rounding shows depends on the build's kernels (the
     AVX-512 build gave identical tokens without flash attention; the AVX2 build flips a near tie),
-    so the tokens must agree up to a place where the top logits nearly tie."""
+    so the tokens must agree up to a place where the top logits nearly tie. The batch-shape noise
+    measured along plain decoding cannot see the moved cells of flash attention (it read 0.000
+    where drafting parted at a 0.255 gap on the AVX2 build), so that case allows half a logit: a
+    broken draft verification picks tokens whole logits below the best."""
     for flash_attn in (False, True):
         _check_drafts(smollm2_path, flash_attn)
 
@@ -202,4 +205,5 @@ def _check_drafts(smollm2_path, flash_attn: bool) -> None:
         assert a.tokens == b.tokens and b.p_answer_a == pytest.approx(a.p_answer_a, abs=0.01)
     else:
         assert_near_tie(plain.backend, request.prompt + a.tokens[:diverge], [a.tokens[diverge], b.tokens[diverge]],
-                        f"drafting (flash attention {flash_attn})", split=len(request.prompt))
+                        f"drafting (flash attention {flash_attn})", split=len(request.prompt),
+                        floor=0.5 if flash_attn else 0.05)

@@ -100,11 +100,21 @@ def parse_tasks(data: bytes) -> list[Task]:
             continue
         try:
             row = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            tasks.append(Task(id=_stable_id(raw.strip()), line=line_no, error=f"line {line_no}: not valid JSON ({exc})"))
+        except RecursionError:
+            tasks.append(_unreadable_row(raw, line_no, "JSON nested too deeply"))
             continue
-        tasks.append(task_from_row(row, line_no))
+        except ValueError as exc:  # bad JSON or UTF-8, or an integer over Python's digit limit
+            tasks.append(_unreadable_row(raw, line_no, f"not valid JSON ({exc})"))
+            continue
+        try:
+            tasks.append(task_from_row(row, line_no))
+        except RecursionError:  # parsed, but too deep to encode again for its id
+            tasks.append(_unreadable_row(raw, line_no, "JSON nested too deeply"))
     return tasks
+
+
+def _unreadable_row(raw: bytes, line_no: int, reason: str) -> Task:
+    return Task(id=_stable_id(raw.strip()), line=line_no, error=f"line {line_no}: {reason}")
 
 
 def read_tasks(path: str | Path) -> list[Task]:
@@ -119,14 +129,23 @@ def read_tasks(path: str | Path) -> list[Task]:
 
 def task_from_row(row: Any, line_no: int | None = None) -> Task:
     where = f"line {line_no}: " if line_no is not None else ""
+    canonical = _canonical(row)
+    try:
+        content = canonical.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON allows a lone `\ud800`; UTF-8, the judge and OUT do not
+        surrogate = f"U+{ord(canonical[exc.start]):04X}"
+        return Task(
+            id=_stable_id(canonical.encode("utf-8", "surrogatepass")),
+            line=line_no,
+            error=f"{where}the row holds a lone surrogate ({surrogate}), which is not Unicode text",
+        )
     if not isinstance(row, dict):
-        return Task(id=_stable_id(_canonical(row).encode("utf-8")), line=line_no, error=f"{where}a task must be a JSON object")
+        return Task(id=_stable_id(content), line=line_no, error=f"{where}a task must be a JSON object")
     task_id = row.get("id")
     if task_id is None:
-        task_id = _stable_id(_canonical(row).encode("utf-8"))
+        task_id = _stable_id(content)
     elif isinstance(task_id, bool) or not isinstance(task_id, (str, int)) or task_id == "":
-        bad = _stable_id(_canonical(row).encode("utf-8"))
-        return Task(id=bad, line=line_no, error=f"{where}'id' must be a non-empty string or an integer")
+        return Task(id=_stable_id(content), line=line_no, error=f"{where}'id' must be a non-empty string or an integer")
 
     def bad_row(reason: str) -> Task:
         return Task(id=task_id, op=row.get("op") if row.get("op") in OPS else None, line=line_no, error=where + reason)

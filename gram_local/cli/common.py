@@ -123,7 +123,7 @@ def read_text(value: str | None, what: str) -> str | None:
     if value.startswith("@@"):
         return value[1:]
     if value == "@-":
-        return sys.stdin.read()
+        return _read_stdin(what)
     if value.startswith("@"):
         path = Path(value[1:])
         try:
@@ -132,20 +132,35 @@ def read_text(value: str | None, what: str) -> str | None:
             raise InputError(f"cannot read {what} from {path}: {exc.strerror or exc}") from exc
         except UnicodeDecodeError as exc:
             raise InputError(f"{what} file {path} is not UTF-8 text") from exc
+        except ValueError as exc:  # a NUL, or a character the file system cannot encode
+            raise InputError(f"cannot read {what} from {value[1:]!r}: not a usable file name") from exc
     return value
+
+
+def _read_stdin(what: str) -> str:
+    if sys.stdin is None:  # the process was started with standard input closed
+        raise InputError(f"cannot read the {what} from stdin: there is no standard input")
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"the {what} on stdin is not UTF-8 text") from exc
 
 
 def read_stdin_json(expect: str) -> dict[str, Any]:
     """One JSON object from stdin, when no text options were given and stdin is not a terminal."""
     if sys.stdin is None or sys.stdin.isatty():
         raise InputError(f"no input: give {expect}, or pipe one JSON object on stdin")
-    raw = sys.stdin.read()
+    raw = _read_stdin("JSON")
     if not raw.strip():
         raise InputError(f"no input: give {expect}, or pipe one JSON object on stdin")
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InputError(f"stdin is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise InputError("stdin JSON is nested too deeply") from exc
+    except ValueError as exc:  # an integer over Python's digit limit
+        raise InputError(f"stdin JSON cannot be read: {exc}") from exc
     if not isinstance(data, dict):
         raise InputError("stdin JSON must be an object")
     return data

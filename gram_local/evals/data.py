@@ -129,6 +129,11 @@ def load_judgebench(path: Path) -> list[JudgeBenchPair]:
         seen.add(pair_id)
         source = _field(row, "source", str, where)
         judgebench_category(source)
+        response_model = row.get("response_model")
+        if response_model is not None and not isinstance(response_model, str):
+            raise DataError(f"{where}: 'response_model' must be a string")
+        if response_model is not None:
+            _require_unicode(response_model, "response_model", where)
         pairs.append(
             JudgeBenchPair(
                 pair_id=pair_id,
@@ -137,7 +142,7 @@ def load_judgebench(path: Path) -> list[JudgeBenchPair]:
                 response_a=_field(row, "response_A", str, where),
                 response_b=_field(row, "response_B", str, where),
                 label=label,
-                response_model=row.get("response_model"),
+                response_model=response_model,
             )
         )
     if not pairs:
@@ -217,7 +222,9 @@ def load_rmbench(path: Path) -> list[RMBenchItem]:
     """Items of one RM-Bench file; the domain comes from each item's `domain` or the file name."""
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError as exc:
+        raise DataError(f"cannot read {path}: JSON nested too deeply") from exc
+    except (OSError, ValueError) as exc:  # ValueError: bad UTF-8 or JSON, an integer over Python's digit limit
         raise DataError(f"cannot read {path}: {exc}") from exc
     if not isinstance(rows, list):
         raise DataError(f"{path}: an RM-Bench file is a JSON array of items")
@@ -238,6 +245,8 @@ def load_rmbench(path: Path) -> list[RMBenchItem]:
         item_id = row.get("id")
         if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
             raise DataError(f"{where}: 'id' must be a string or an integer")
+        if isinstance(item_id, str):
+            _require_unicode(item_id, "id", where)
         chosen = _styles(row, "chosen", where)
         rejected = _styles(row, "rejected", where)
         items.append(
@@ -312,7 +321,9 @@ def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
             continue
         try:
             row = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except RecursionError as exc:
+            raise DataError(f"{path}:{line_no}: JSON nested too deeply") from exc
+        except ValueError as exc:  # bad UTF-8 or JSON, an integer over Python's digit limit
             raise DataError(f"{path}:{line_no}: not valid JSON ({exc})") from exc
         if not isinstance(row, dict):
             raise DataError(f"{path}:{line_no}: a row must be a JSON object")
@@ -323,11 +334,24 @@ def _field(row: dict[str, Any], name: str, kind: type, where: str) -> Any:
     value = row.get(name)
     if not isinstance(value, kind):
         raise DataError(f"{where}: missing or non-{kind.__name__} field {name!r}")
+    if isinstance(value, str):
+        _require_unicode(value, name, where)
     return value
+
+
+def _require_unicode(value: str, name: str, where: str) -> None:
+    """JSON allows a lone `\\ud800`; UTF-8 cannot hold it, so neither can the tokenizer nor the OUT file."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        surrogate = f"U+{ord(value[exc.start]):04X}"
+        raise DataError(f"{where}: {name!r} holds a lone surrogate ({surrogate}), which is not Unicode text") from None
 
 
 def _styles(row: dict[str, Any], name: str, where: str) -> tuple[str, ...]:
     value = row.get(name)
     if not (isinstance(value, list) and len(value) == len(RMBENCH_STYLES) and all(isinstance(v, str) for v in value)):
         raise DataError(f"{where}: {name!r} must be a list of {len(RMBENCH_STYLES)} strings (one per style)")
+    for style in value:
+        _require_unicode(style, name, where)
     return tuple(value)
