@@ -549,7 +549,7 @@ def load_judge(
     allow_close: bool = True,
 ) -> Judge:
     """Load a GGUF (a path, or a model name from the store) as a judge."""
-    from gram_local.models import resolve_model
+    from gram_local.store import resolve_model
 
     try:
         settings = JudgeSettings(
@@ -580,9 +580,9 @@ def load_judge(
         path=str(resolved.path), name=resolved.name, sha256=resolved.sha256, quantization=resolved.quant or _quant_name(engine)
     )
     if head_cache is True:
-        from gram_local.models import store_home
+        from gram_local.paths import kv_cache_dir
 
-        head_cache_dir: str | os.PathLike[str] | None = store_home() / "kv-cache"
+        head_cache_dir: str | os.PathLike[str] | None = kv_cache_dir()
     else:
         head_cache_dir = head_cache or None
     return Judge(engine, model=info, settings=settings, head_cache_dir=head_cache_dir)

