@@ -292,6 +292,54 @@ def test_rm_deletes_one_quant_or_all(home: Path, q8: Path, tmp_path: Path) -> No
         store.remove("judge")
 
 
+@pytest.mark.parametrize("where", ["../victim.txt", "../../../victim.txt", "absolute", "symlink"])
+def test_a_record_pointing_outside_its_folder_is_refused_and_nothing_is_deleted(
+    home: Path, q8: Path, tmp_path: Path, where: str
+) -> None:
+    """A hand-edited (or hostile) record must not make `models rm` delete a file outside the store."""
+    (stored,) = ModelStore().import_path(q8, name="judge")
+    record = home / "models" / "judge" / "Q8_0.json"
+    data = json.loads(record.read_text())
+    if where == "symlink":  # the record is untouched; its file was replaced by a link to the victim
+        victim = tmp_path / "victim.txt"
+        stored.path.unlink()
+        stored.path.symlink_to(victim)
+    else:
+        victim = (record.parent / where).resolve() if where != "absolute" else tmp_path / "elsewhere" / "victim.txt"
+        data["file"] = str(victim) if where == "absolute" else where
+        data["size"] = len(b"keep me")
+        record.write_text(json.dumps(data))
+    victim.parent.mkdir(parents=True, exist_ok=True)
+    victim.write_bytes(b"keep me")
+
+    result = invoke("rm", "judge")
+    assert result.exit_code == 1, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and str(record) in message and "outside" in message
+    assert victim.read_bytes() == b"keep me"
+    with pytest.raises(ModelError, match="outside"):
+        ModelStore().remove("judge")
+    with pytest.raises(ModelError, match="outside"):
+        resolve_model("judge")
+    assert victim.read_bytes() == b"keep me" and record.exists()
+
+
+def test_a_record_whose_quant_names_another_place_is_refused(home: Path, q8: Path, tmp_path: Path) -> None:
+    """`rm` deletes the record at models/<name>/<quant>.json: a quant read from the record must not move it."""
+    ModelStore().import_path(q8, name="judge")
+    record = home / "models" / "judge" / "Q8_0.json"
+    victim = tmp_path / "victim.json"
+    victim.write_text("{}")
+    data = json.loads(record.read_text())
+    data["quant"] = "../../../victim"
+    record.write_text(json.dumps(data))
+
+    assert invoke("rm", "judge").exit_code == 1
+    listed = invoke("list")
+    assert listed.exit_code == 0 and f"warning: ignoring it: the store record {record} names judge" in listed.stderr
+    assert victim.exists() and record.exists()
+
+
 def test_a_crash_while_registering_keeps_the_old_model(
     home: Path, q8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -106,7 +106,7 @@ class ModelStore:
 
     def verify(self, name: str | None = None, *, quant: str | None = None) -> builtins.list[Verification]:
         """Re-hash stored models (no cache) against their records, and against models.lock where it pins them."""
-        models = self.list(name)
+        models = self.registry.list(name, strict=True)
         if quant is not None:
             models = [m for m in models if m.quant == normalize_quant(quant)]
         if name is not None and not models:

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from gram_local.errors import ModelNotFoundError, ModelStoreWarning
+from gram_local.errors import ModelError, ModelNotFoundError, ModelStoreWarning
 from gram_local.store.atomic import sweep_stale, write_atomic
 from gram_local.store.hashing import remember_sha256, sha256_file
 from gram_local.store.names import normalize_name, normalize_quant
@@ -75,13 +75,16 @@ class Registry:
     def record_path(self, name: str, quant: str) -> Path:
         return self.models_dir / name / f"{quant}.json"
 
-    def list(self, name: str | None = None) -> list[StoredModel]:
-        """Registered models (of `name` only, if given), sorted by name and quantization."""
+    def list(self, name: str | None = None, *, strict: bool = False) -> list[StoredModel]:
+        """Registered models (of `name` only, if given), sorted by name and quantization.
+
+        `strict` raises on a record that points outside its folder, instead of skipping it.
+        """
         dirs = [self.models_dir / normalize_name(name)] if name else sorted(self.models_dir.glob("*"))
         found = []
         for d in dirs:
             for record in sorted(d.glob("*.json")):
-                model = self._read(record)
+                model = self._read(record, strict=strict)
                 if model is not None:
                     found.append(model)
         return found
@@ -134,7 +137,7 @@ class Registry:
     def remove(self, name: str, *, quant: str | None = None) -> builtins.list[StoredModel]:
         """Unregister and delete (linked files are only unregistered); returns what was removed."""
         norm = normalize_name(name)
-        models = self.list(norm)
+        models = self.list(norm, strict=True)
         if quant is not None:
             models = [m for m in models if m.quant == normalize_quant(quant)]
         if not models:
@@ -147,11 +150,19 @@ class Registry:
             (self.models_dir / norm).rmdir()  # only when empty
         return models
 
-    def _read(self, record: Path) -> StoredModel | None:
+    def _read(self, record: Path, *, strict: bool = False) -> StoredModel | None:
+        """The record's model; None if it is gone or unreadable (with a warning).
+
+        A record is a file anyone can edit, so where it points is checked before it is used: its
+        name and quantization must be those of its place, and its file (unless linked: those are
+        never deleted) must lie in the record's own folder once `..` and symbolic links are
+        resolved. A record that fails this raises with `strict` (to remove or load it) and is
+        skipped with a warning otherwise.
+        """
         try:
             data = json.loads(record.read_text(encoding="utf-8"))
             file = Path(data["file"])
-            return StoredModel(
+            model = StoredModel(
                 name=str(data["name"]),
                 quant=str(data["quant"]),
                 path=file if file.is_absolute() else record.parent / file,
@@ -168,8 +179,29 @@ class Registry:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             warnings.warn(f"ignoring the unreadable store record {record}: {exc}", ModelStoreWarning, stacklevel=3)
             return None
+        problem = _misplaced(record, model, str(data["file"]))
+        if problem is None:
+            return model
+        message = f"the store record {record} {problem}; it was not used and nothing was deleted"
+        if strict:
+            raise ModelError(f"{message} (check it, and delete the record by hand if it is wrong)")
+        warnings.warn(f"ignoring it: {message}", ModelStoreWarning, stacklevel=3)
+        return None
 
     def _sweep(self, folder: Path) -> None:
         """Delete GGUFs no record points at (left by a crash or a concurrent pull), once they are stale."""
         referenced = {m.path.name for m in self.list(folder.name) if not m.linked}
         sweep_stale(p for p in folder.glob("*.gguf") if p.name not in referenced)
+
+
+def _misplaced(record: Path, model: StoredModel, file: str) -> str | None:
+    """Why a record cannot be trusted with the paths it names, or None."""
+    if (model.name, model.quant) != (record.parent.name, record.stem):
+        return f"names {model.name} {model.quant} but is the record of {record.parent.name} {record.stem}"
+    if model.linked:
+        return None
+    folder = record.parent.resolve()
+    target = model.path.resolve()
+    if target.parent != folder:
+        return f"points outside its folder: its file {file!r} is {target}"
+    return None

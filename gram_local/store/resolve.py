@@ -42,7 +42,7 @@ def resolve(
         name = normalize_name(text)
     except InputError:
         raise ModelNotFoundError(f"{text!r} is neither a model name nor an existing .gguf file") from None
-    stored = registry.list(name)
+    stored = registry.list(name, strict=True)
     wanted = normalize_quant(quant) if quant else None
     chosen = _choose_quant(stored, wanted)
     if chosen is None:
