@@ -371,7 +371,7 @@ def test_gguf_type_reader_on_a_file_made_elsewhere() -> None:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gram_local.convert.random_checkpoint import default_tokenizer_json, write_random_checkpoint
+    from random_checkpoint import default_tokenizer_json, write_random_checkpoint
 
     return write_random_checkpoint(
         tmp_path_factory.mktemp("ckpt") / "GRAM-tiny", shape="tiny", tokenizer_json=default_tokenizer_json()

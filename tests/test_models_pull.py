@@ -30,7 +30,7 @@ CLI = (
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gram_local.convert.random_checkpoint import default_tokenizer_json, write_random_checkpoint
+    from random_checkpoint import default_tokenizer_json, write_random_checkpoint
 
     folder = write_random_checkpoint(
         tmp_path_factory.mktemp("ckpt") / "GRAM-tiny", shape="tiny", tokenizer_json=default_tokenizer_json()
