@@ -549,7 +549,7 @@ def load_judge(
     allow_close: bool = True,
 ) -> Judge:
     """Load a GGUF (a path, or a model name from the store) as a judge."""
-    from gram_local.store import resolve_model
+    from gram_local.store import resolve_model, validate_gguf
 
     try:
         settings = JudgeSettings(
@@ -566,6 +566,7 @@ def load_judge(
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     resolved = resolve_model(model, quant=quant)
+    validate_gguf(resolved.path)  # llama.cpp trusts the header: a damaged one must not reach it
     engine = Engine(
         resolved.path,
         n_threads=n_threads,

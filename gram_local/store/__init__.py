@@ -10,6 +10,7 @@ name means. One module per concept:
     resolve      `--model NAME|PATH` -> the file to load
     verify       re-hashing stored files against records and pins
     gguf_header  a bounds-checked read of a GGUF's header and tensor table
+    validate     `validate_gguf`: refuse a file llama.cpp must not be given
     hashing      SHA-256 of files, cached by size and mtime
     atomic       atomic writes and the sweep of stale leftovers
     names        model names and quantization labels
@@ -33,11 +34,13 @@ from gram_local.store.model_store import ModelStore, resolve_model
 from gram_local.store.names import normalize_name, normalize_quant
 from gram_local.store.registry import StoredModel
 from gram_local.store.resolve import ResolvedModel
+from gram_local.store.validate import GgufSummary, validate_gguf
 from gram_local.store.verify import Verification
 
 __all__ = [
     "DEFAULT_QUANT",
     "SOURCE_PATTERNS",
+    "GgufSummary",
     "LockedFile",
     "LockedModel",
     "LockedOutput",
@@ -52,5 +55,6 @@ __all__ = [
     "normalize_quant",
     "resolve_model",
     "sha256_file",
+    "validate_gguf",
     "write_atomic",
 ]

@@ -86,7 +86,7 @@ class _Cursor:
     def need(self, n: int, what: str) -> None:
         if n > len(self.buf) - self.pos:
             raise self.fail(
-                f"{what} at byte {self.pos} needs {n} bytes but the file ends at byte {len(self.buf)} (truncated?)"
+                f"{what} at byte {self.pos} needs {n} bytes but the file ends at byte {len(self.buf)} (truncated)"
             )
 
     def unpack(self, fmt: str, what: str) -> int | float | bool:
@@ -102,16 +102,19 @@ class _Cursor:
     def u64(self, what: str) -> int:
         return int(self.unpack("<Q", what))
 
-    def count(self, what: str, min_size: int) -> int:
+    def count(self, what: str, min_size: int, unit: str = "entries") -> int:
         """A length prefix, checked against what the rest of the file can hold."""
         at = self.pos
         n = self.u64(what)
         if n * min_size > len(self.buf) - self.pos:
-            raise self.fail(f"{what} at byte {at} claims {n} entries, more than the rest of the file can hold")
+            raise self.fail(
+                f"{what} at byte {at} claims {n} {unit}, more than the remaining {len(self.buf) - self.pos} "
+                "bytes of the file can hold (damaged or truncated)"
+            )
         return n
 
     def string(self, what: str) -> str:
-        n = self.count(f"the length of {what}", 1)
+        n = self.count(f"the length of {what}", 1, "bytes")
         raw = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         try:
@@ -120,7 +123,7 @@ class _Cursor:
             raise self.fail(f"{what} at byte {self.pos - n} is not UTF-8 text") from None
 
     def skip_string(self, what: str) -> None:
-        n = self.count(f"the length of {what}", 1)  # moves past the length first
+        n = self.count(f"the length of {what}", 1, "bytes")  # moves past the length first
         self.pos += n
 
     def value(self, kind: int, key: str, decode: bool) -> MetaValue:
