@@ -274,10 +274,12 @@ def test_verify_detects_a_corrupted_and_a_missing_file(home: Path, q8: Path, tmp
     results = {v.model.name: v for v in store.verify()}
     assert not results["a"].ok and a.sha256 in results["a"].problem and sha256_of(a.path) in results["a"].problem
     assert not results["b"].ok and "missing" in results["b"].problem
-    # verify refreshed the hash cache, so resolving now refuses the changed file
+    # verify refreshed the hash cache, so resolving now refuses the changed file, by name or by path
     with pytest.raises(ChecksumError) as info:
         resolve_model("a")
     assert info.value.expected == a.sha256 and info.value.actual == sha256_of(a.path)
+    with pytest.raises(ChecksumError, match=f"a Q8_0, changed since it was registered.*expected sha256 {a.sha256}"):
+        resolve_model(a.path)
 
 
 def test_rm_deletes_one_quant_or_all(home: Path, q8: Path, tmp_path: Path) -> None:

@@ -32,7 +32,8 @@ def resolve(
 ) -> ResolvedModel:
     """A GGUF path, or a stored model by name (`quant` default Q4_K_M, or the only one stored).
 
-    A stored model's file is hashed (through the hash cache) and must match its record.
+    A stored model's file, by name or by path, is hashed (through the hash cache) and must match
+    its record, which was checked against models.lock's pins when it was registered.
     """
     text = os.fspath(model)
     candidate = Path(text).expanduser()
@@ -79,12 +80,13 @@ def _resolve_path(registry: Registry, path: Path) -> ResolvedModel:
         raise ModelNotFoundError(f"{path} is not a GGUF file (it does not start with the GGUF magic)")
     resolved = path.resolve()
     registered = next((m for m in registry.list() if m.path.resolve() == resolved), None)
-    return ResolvedModel(
-        path=path,
-        name=registered.name if registered else None,
-        quant=registered.quant if registered else None,
-        sha256=sha256_file(path),
-    )
+    digest = sha256_file(path)
+    if registered is None:
+        return ResolvedModel(path=path, name=None, quant=None, sha256=digest)
+    if digest != registered.sha256:  # a stored file named by its path is held to its record too
+        where = f"{path} ({registered.name} {registered.quant}, changed since it was registered)"
+        raise ChecksumError(where, registered.sha256, digest)
+    return ResolvedModel(path=path, name=registered.name, quant=registered.quant, sha256=digest)
 
 
 def _not_stored_message(registry: Registry, pins: Pins, name: str, quant: str, stored: list[StoredModel]) -> str:
