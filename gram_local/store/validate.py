@@ -26,7 +26,7 @@ __all__ = ["ANSWER_TOKENS", "GgufSummary", "validate_gguf"]
 ARCHITECTURE = "llama"
 ANSWER_TOKENS = ("A", "B")
 _TOKENS = "tokenizer.ggml.tokens"
-_SPECIAL_IDS = ("bos", "eos", "eot", "unknown", "padding", "seperator", "sep")
+_SPECIAL_IDS = ("bos", "eos", "eot", "eom", "unknown", "padding", "seperator", "cls", "mask")  # llama.cpp's spellings
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,10 @@ def _answer_tokens(header: GgufHeader, tokens: list[str]) -> tuple[int, int]:
     model = header.string("tokenizer.ggml.model")
     space_prefix = header.metadata.get("tokenizer.ggml.add_space_prefix", True)
     prefix = "\u2581" if model == "llama" and space_prefix is not False else ""  # SentencePiece: "▁A"
-    index = {t: i for i, t in enumerate(tokens) if len(t) <= 2}
+    index: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        if len(t) <= 2:
+            index.setdefault(t, i)
     ids = []
     for answer in ANSWER_TOKENS:
         token_id = index.get(prefix + answer)
