@@ -47,6 +47,8 @@ def build_report() -> dict[str, Any]:
         "system_info": info,
         "gpu_offload": gpu_offload_supported(),
         "devices": None if found is None else [d.__dict__ for d in found],
+        # Weights are never put in AMX buffers (their kernels crash: see gram_local.engine.core).
+        "amx_build": "AMX_INT8 = 1" in info,
         "compiled": {
             "cpu": "CPU" in info or any(n.upper().startswith("CPU") for n in names),
             "cuda": "CUDA" in info or any(n.upper().startswith("CUDA") for n in names),

@@ -94,3 +94,27 @@ def test_an_interrupt_between_a_stream_copy_and_its_decode_leaves_no_stale_copy(
     again = [(j.order, j.answer, j.think_tokens, round(j.p_a, 5)) for j in judge.compare(question, a, b, swap=True).judgments]
     judge.close()
     assert again == expected
+
+
+def test_a_build_with_amx_never_puts_weights_in_amx_buffers(smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp's AMX kernels crash (SIGSEGV in ggml_backend_amx_mul_mat, or SIGILL where the OS
+    withholds AMX); they are only reached through the extra buffer types, so those stay off."""
+    import gram_local.engine.core as core
+
+    real = native.system_info()
+    loaded: list[bool] = []
+    real_model = core.LlamaModel
+
+    def model(*args, **kwargs):  # type: ignore[no-untyped-def]
+        loaded.append(kwargs["repack"])
+        return real_model(*args, **kwargs)
+
+    monkeypatch.setattr(core, "LlamaModel", model)
+    monkeypatch.setattr(core, "system_info", lambda: real.replace("AVX2 = 1", "AVX2 = 1 | AMX_INT8 = 1"))
+    engine = Engine(smollm2_path, EngineSettings(parallel=1, repack=True, cpu_check=False))
+    assert engine.amx_build and engine.repack is False and loaded == [False]
+    engine.close()
+    monkeypatch.setattr(core, "system_info", lambda: real)
+    engine = Engine(smollm2_path, EngineSettings(parallel=1, repack=True))
+    assert not engine.amx_build and engine.repack is True and loaded == [False, True]
+    engine.close()

@@ -50,6 +50,11 @@ def doctor(model: str | None, quant: str | None, n_gpu_layers: int | None, as_js
         f"CPU features compiled in: {info['system_info']}",
         f"CPU check: {info['cpu_check']['summary']}",
     ]
+    if info["amx_build"]:
+        lines.append(
+            "AMX: compiled in, and its kernels crash llama.cpp (issue 20824), so weights stay unrepacked; "
+            "a build without AMX (README, Install) gets the faster repacked weights back"
+        )
     if "model" in info:
         m = info["model"]
         kv = m["kv_cache"]

@@ -98,9 +98,13 @@ class Engine(Backend):
         self.flash_attn = flash
         self.speculative = self.offloading if s.speculative is None else s.speculative
         self.max_draft = s.max_draft
-        self.repack = s.repack
+        # The extra buffer types hold both the CPU repack and, in a build with AMX, the AMX copy of
+        # the weights, whose kernels crash on the first batch (ggml_backend_amx_mul_mat, llama.cpp
+        # issue 20824; SIGILL where the OS withholds AMX). With AMX compiled in they stay off.
+        self.amx_build = "AMX_INT8 = 1" in system_info()
+        self.repack = s.repack and not self.amx_build
         # Repacked weights are copies; memory-mapping the file as well would keep both in memory.
-        self.model = LlamaModel(self.model_path, n_gpu_layers=self.n_gpu_layers, repack=s.repack, use_mmap=not s.repack)
+        self.model = LlamaModel(self.model_path, n_gpu_layers=self.n_gpu_layers, repack=self.repack, use_mmap=not self.repack)
         self.vocab = LlamaVocab(self.model)
         self.shape: ModelShape = self.model.shape()
         self.n_vocab = self.vocab.n_vocab
