@@ -82,6 +82,8 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
             raise ConversionError(f"{path}: malformed header entry for tensor {name!r}") from None
         if dtype not in RAW_DTYPES:
             raise ConversionError(f"{path}: tensor {name!r} has dtype {dtype}; only BF16, F16 and F32 are supported")
+        if any(d < 0 for d in shape):  # two negatives would multiply to a plausible size
+            raise ConversionError(f"{path}: tensor {name!r} has a negative dimension in its shape {list(shape)}")
         expected = math.prod(shape) * RAW_DTYPES[dtype].itemsize
         if end - begin != expected or begin < 0 or base + end > size:
             raise ConversionError(

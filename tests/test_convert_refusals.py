@@ -50,6 +50,24 @@ def _drop_tensor(ckpt: Path, name: str) -> None:
     write_safetensors(ckpt / "model.safetensors", kept)
 
 
+def _negate_shape(ckpt: Path, name: str) -> None:
+    """Rewrite one header entry's shape [n] as [-1, -n]: the product still fits its data range."""
+    import json
+    import struct
+
+    path = ckpt / "model.safetensors"
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    shape = header[name]["shape"]
+    header[name]["shape"] = [-1, -shape[0], *shape[1:]]
+    header.pop("__metadata__", None)  # room for the two minus signs and the extra dimension
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (n - len(text))  # same header length, so every data offset still holds
+    assert len(text) == n
+    path.write_bytes(data[:8] + text + data[8 + n :])
+
+
 BREAKAGES: dict[str, tuple[Callable[[Path], None], str]] = {
     "wrong architecture": (
         lambda c: _edit_config(c, architectures=["MistralForCausalLM"], model_type="mistral"),
@@ -78,6 +96,10 @@ BREAKAGES: dict[str, tuple[Callable[[Path], None], str]] = {
     "unsupported rope scaling": (
         lambda c: _edit_config(c, rope_scaling={"rope_type": "yarn", "factor": 4.0}),
         "rope scaling type 'yarn' is not supported",
+    ),
+    "negative dimensions": (
+        lambda c: _negate_shape(c, "model.norm.weight"),
+        "tensor 'model.norm.weight' has a negative dimension in its shape",
     ),
     "not a checkpoint": (
         lambda c: (c / "config.json").unlink(),
