@@ -67,6 +67,10 @@ class BatchUsageError(InputError):
     """The batch cannot start as asked (exit 2); nothing in OUT was changed."""
 
 
+class BatchOutputError(GramLocalError):
+    """OUT cannot be written (disk full, no permission): the records written before it stay (exit 1)."""
+
+
 class SettingsMismatchError(BatchUsageError):
     """OUT holds results made with other settings: mixing them would make OUT meaningless."""
 

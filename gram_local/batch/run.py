@@ -13,7 +13,7 @@ from gram_local.batch.outfile import Appender, OutLock, fsync_dir, prepare
 from gram_local.batch.records import error_record, ok_record
 from gram_local.batch.tasks import Task, TaskDefaults, dedupe, read_tasks, select
 from gram_local.config import DEFAULT_VOTES
-from gram_local.errors import BatchUsageError, InputError
+from gram_local.errors import BatchOutputError, BatchUsageError, InputError
 
 if TYPE_CHECKING:
     from gram_local.judge import Judge
@@ -115,7 +115,10 @@ def run_batch(
         started = time.monotonic()
         if progress is not None:
             progress.start(len(pending), summary.skipped)
-        appender = Appender(target)
+        try:
+            appender = Appender(target)
+        except OSError as exc:
+            raise BatchOutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
         try:
             _judge_all(judge, pending, appender, settings, summary, progress, in_flight)
         except KeyboardInterrupt:
@@ -153,7 +156,13 @@ def _judge_all(
             summary.failed += not ok
             summary.remaining -= 1
 
-        appender.write(record, then=count)
+        try:
+            appender.write(record, then=count)
+        except OSError as exc:  # disk full, quota, a vanished mount: what was written stays
+            raise BatchOutputError(
+                f"cannot write {appender.path}: {exc.strerror or exc}; the {summary.judged} record(s) written "
+                "before it are kept: make room and rerun the same command to resume"
+            ) from exc
         if progress is not None:
             progress.advance(ok)
 
