@@ -33,9 +33,9 @@ def current_rss_bytes() -> int | None:
 
 def build_report() -> dict[str, Any]:
     """The installed llama.cpp build: versions, compiled CPU features, backends and devices."""
-    from gram_local.engine.native import devices, gpu_offload_supported, llama_cpp_version, system_info
-
     import llama_cpp
+
+    from gram_local.engine.native import devices, gpu_offload_supported, llama_cpp_version, system_info
 
     info = system_info()
     found = devices()

@@ -20,7 +20,7 @@ from gram_local.grammar import ANSWER_CLOSE, ANSWER_SLOT_PREFIX, parse_reply
 from gram_local.prompt import THINK_OPEN
 from gram_local.ranking import PairOutcome, Rounds, bradley_terry, knockout_rounds, merge_sort_rounds, round_robin_rounds
 from gram_local.rendering import PromptRenderer, require_text
-from gram_local.results import BestOfNResult, Comparison, CompareResult, Judgment, RankResult, VoteResult
+from gram_local.results import BestOfNResult, CompareResult, Comparison, Judgment, RankResult, VoteResult
 from gram_local.runner import Ask, Program
 
 Order = Literal["AB", "BA"]

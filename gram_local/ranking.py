@@ -10,8 +10,8 @@ the sort's result is the ranking.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import numpy as np

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from batch_fakes import TOO_LONG, FakeJudge, Interrupting
-from fake_backend import ScriptedBackend
 from click.testing import CliRunner
+from fake_backend import ScriptedBackend
 
 import gram_local.cli.batch as cli_batch
 from gram_local.batch import (
