@@ -52,7 +52,7 @@ Here is the data.
 
 [The Start of Assistant B's Response]
 {response_2}
-[The End of Assistant B's Response]"""
+[The End of Assistant B's Response]"""  # noqa: E501 (the model card's prompt, verbatim)
 
 PROMPT_LENGTH = 1925
 PROMPT_SHA256 = "3bbed89b057f078e352e480b964a22bd19357bcadf294edbaaf9d9f6bf5c2820"

@@ -71,7 +71,14 @@ class Engine(Backend):
 
     kind = "llama.cpp"
 
-    def __init__(self, model_path: str | os.PathLike[str], settings: EngineSettings | None = None, *, model_id: str | None = None, prefix_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        settings: EngineSettings | None = None,
+        *,
+        model_id: str | None = None,
+        prefix_dir: Path | None = None,
+    ) -> None:
         super().__init__()
         s = settings or EngineSettings()
         self.settings = s
