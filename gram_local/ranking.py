@@ -50,7 +50,7 @@ def merge_sort_rounds(n: int) -> Rounds[tuple[list[int], list[PairOutcome]]]:
     while len(runs) > 1:
         merges = [(runs[k], runs[k + 1]) for k in range(0, len(runs) - 1, 2)]
         leftover = [runs[-1]] if len(runs) % 2 else []
-        states = [(list(left), list(right), []) for left, right in merges]
+        states: list[tuple[list[int], list[int], list[int]]] = [(list(left), list(right), []) for left, right in merges]
         while True:
             waiting = [st for st in states if st[0] and st[1]]
             if not waiting:
@@ -136,7 +136,7 @@ def bradley_terry(n: int, outcomes: Sequence[PairOutcome], *, l2: float = 0.01, 
         s = s - step
         if np.max(np.abs(step)) < 1e-10:
             break
-    return s - s.mean()
+    return s - float(s.mean())
 
 
 def order_by_scores(scores: np.ndarray) -> list[int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 Order = Literal["AB", "BA"]
 Letter = Literal["A", "B"]
@@ -28,7 +28,7 @@ def _plain(value: Any) -> Any:
 
 class _Serializable:
     def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
+        return cast("dict[str, Any]", _plain(self))  # subclasses are dataclasses: _plain gives their fields' dict
 
 
 @dataclass(frozen=True)

@@ -577,7 +577,7 @@ class Engine(Backend):
             self.clear_cache()
             ctx = self._ctx()
             self._evaluate(tokens, 0, logits_last=True)
-            logits = ctx.logits(ctx.batch.n - 1).copy()
+            logits: np.ndarray = ctx.logits(ctx.batch.n - 1).copy()
             self.clear_cache()
             return logits
 
