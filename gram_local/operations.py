@@ -20,7 +20,7 @@ from gram_local.grammar import ANSWER_CLOSE, ANSWER_SLOT_PREFIX, parse_reply
 from gram_local.prompt import THINK_OPEN
 from gram_local.ranking import PairOutcome, Rounds, bradley_terry, knockout_rounds, merge_sort_rounds, round_robin_rounds
 from gram_local.rendering import PromptRenderer, require_text
-from gram_local.results import BestOfNResult, CompareResult, Comparison, Judgment, RankResult, VoteResult, Winner
+from gram_local.results import BestOfNResult, CompareResult, Comparison, Judgment, RankResult, Side, VoteResult, Winner
 from gram_local.runner import Ask, Program
 
 Order = Literal["AB", "BA"]
@@ -91,14 +91,15 @@ class Planner:
         output = THINK_OPEN + gen.text + prefilled + gen.answer + ANSWER_CLOSE
         parsed = parse_reply(output)  # the backend guarantees the format; verify, never trust
         p_shown_a = gen.p_answer_a
+        prefers: Side
         if planned.order == "AB":
             prefers, p_a = ("a" if parsed.answer == "A" else "b"), p_shown_a
         else:
             prefers, p_a = ("b" if parsed.answer == "A" else "a"), 1.0 - p_shown_a
         return Judgment(
             order=planned.order,
-            answer=parsed.answer,  # type: ignore[arg-type]
-            prefers=prefers,  # type: ignore[arg-type]
+            answer=parsed.answer,
+            prefers=prefers,
             p_a=p_a,
             rationale=parsed.rationale,
             think_tokens=gen.think_tokens,
