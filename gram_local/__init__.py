@@ -61,8 +61,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gram_local.errors import GramLocalError, InputError, ModelError
     from gram_local.config import EngineSettings, JudgeSettings
+    from gram_local.errors import GramLocalError, InputError, ModelError
     from gram_local.judge import Judge
     from gram_local.loading import load_judge
     from gram_local.results import BestOfNResult, CompareResult, Judgment, PromptView, RankResult, VoteResult

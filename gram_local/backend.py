@@ -317,7 +317,9 @@ class Backend(ABC):
         return {"kind": self.kind}
 
     def close(self) -> None:
-        """Free what the backend holds (native handles, connections)."""
+        """Free what the backend holds (native handles, connections). Not abstract: a backend that
+        holds nothing (the scripted one in tests) has nothing to free."""
+        return None
 
 
 def first_error(handles: Sequence[RequestHandle]) -> GramLocalError | None:

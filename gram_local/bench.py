@@ -17,13 +17,16 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from gram_local.backend import BackendStats, GenerationRequest
 from gram_local.config import ANSWER_MARGIN
 from gram_local.errors import InputError
 from gram_local.judge import Judge
 from gram_local.results import Judgment
+
+if TYPE_CHECKING:
+    from gram_local.engine import Engine
 
 OPERATIONS = ("compare", "swap", "vote", "best-of-8", "rank-8")
 """Operation names, in the order they run (compare first: every ratio is taken against it)."""
@@ -284,10 +287,14 @@ class BenchRunner:
     """Runs the workload's operations on one judge and measures each from a cold prefix cache."""
 
     def __init__(self, judge: Judge, spec: WorkloadSpec | None = None) -> None:
+        from gram_local.engine import Engine  # here: importing the bench module needs no llama.cpp
+
+        if not isinstance(judge.backend, Engine):
+            raise InputError(f"the benchmark measures the llama.cpp engine; this judge runs a {judge.backend.kind} backend")
         self.judge = judge
+        self.engine: Engine = judge.backend
         # Every operation starts cold, the instruction head included: no KV read from disk.
-        self.engine = judge.backend
-        self.engine.prefix_store = None  # type: ignore[attr-defined]
+        self.engine.prefix_store = None
         self.spec = spec or WorkloadSpec()
         if judge.settings.max_think_tokens != self.spec.think_tokens or judge.settings.allow_close:
             raise InputError(

@@ -33,9 +33,9 @@ def current_rss_bytes() -> int | None:
 
 def build_report() -> dict[str, Any]:
     """The installed llama.cpp build: versions, compiled CPU features, backends and devices."""
-    from gram_local.engine.native import devices, gpu_offload_supported, llama_cpp_version, system_info
-
     import llama_cpp
+
+    from gram_local.engine.native import devices, gpu_offload_supported, llama_cpp_version, system_info
 
     info = system_info()
     found = devices()
@@ -59,6 +59,7 @@ def build_report() -> dict[str, Any]:
 
 def model_report(model: str, *, quant: str | None = None, n_gpu_layers: int | None = None, check_offload: bool = True) -> dict[str, Any]:
     """Load a model and say what it is and what judging with it needs."""
+    from gram_local.engine import Engine
     from gram_local.loading import load_judge
 
     before = peak_rss_bytes()
@@ -70,8 +71,9 @@ def model_report(model: str, *, quant: str | None = None, n_gpu_layers: int | No
     )
     try:
         engine = judge.backend
-        meta = engine.metadata  # type: ignore[attr-defined]
-        per_token = engine.shape.kv_bytes_per_token(engine.kv_type)  # type: ignore[attr-defined]
+        assert isinstance(engine, Engine)  # load_judge runs the in-process engine
+        meta = engine.metadata
+        per_token = engine.shape.kv_bytes_per_token(engine.kv_type)
         typical = 2048 + DEFAULT_MAX_THINK_TOKENS + ANSWER_MARGIN
         report: dict[str, Any] = {
             **judge.model.to_dict(),
@@ -83,15 +85,15 @@ def model_report(model: str, *, quant: str | None = None, n_gpu_layers: int | No
             "context_length": meta.n_ctx_train,
             "vocabulary": meta.n_vocab,
             "chat_format": judge.chat_format,
-            "answer_tokens": {"A": engine.token_a, "B": engine.token_b},  # type: ignore[attr-defined]
-            "gpu_layers": engine.n_gpu_layers,  # type: ignore[attr-defined]
+            "answer_tokens": {"A": engine.token_a, "B": engine.token_b},
+            "gpu_layers": engine.n_gpu_layers,
             "weights": {
-                "repacked": engine.repack,  # type: ignore[attr-defined]
-                "memory_mapped": not engine.repack,  # type: ignore[attr-defined]
-                "bytes": engine.shape.size_bytes,  # type: ignore[attr-defined]
+                "repacked": engine.repack,
+                "memory_mapped": not engine.repack,
+                "bytes": engine.shape.size_bytes,
             },
             "kv_cache": {
-                "type": engine.kv_type,  # type: ignore[attr-defined]
+                "type": engine.kv_type,
                 "bytes_per_token": per_token,
                 "one_compare_2k_prompt": per_token * typical,
                 "swap_2k_prompt": 2 * per_token * typical,
@@ -100,7 +102,7 @@ def model_report(model: str, *, quant: str | None = None, n_gpu_layers: int | No
             "peak_rss_after_load": peak_rss_bytes(),
             "peak_rss_before_load": before,
         }
-        offloaded = engine.gpu_offload and engine.n_gpu_layers > 0  # type: ignore[attr-defined]
+        offloaded = engine.gpu_offload and engine.n_gpu_layers > 0
         if check_offload and offloaded:
             try:
                 judge.compare("1+1?", "2", "3", max_think_tokens=0)

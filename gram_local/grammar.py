@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from gram_local.results import Letter
+
 THINK_CLOSE = "</think>"
 ANSWER_OPEN = "\n<answer>\n"
 ANSWER_SLOT_PREFIX = THINK_CLOSE + ANSWER_OPEN
@@ -60,7 +62,7 @@ _REPLY = re.compile(r"\A<think>\n(?P<rationale>.*?)</think>\n<answer>\n(?P<answe
 @dataclass(frozen=True)
 class ParsedReply:
     rationale: str
-    answer: str
+    answer: Letter
 
 
 def parse_reply(text: str) -> ParsedReply:
@@ -72,7 +74,7 @@ def parse_reply(text: str) -> ParsedReply:
     match = _REPLY.match(text)
     if match is None:
         raise ValueError("reply does not follow <think>…</think><answer>A|B</answer>")
-    return ParsedReply(rationale=match["rationale"], answer=match["answer"])
+    return ParsedReply(rationale=match["rationale"], answer="A" if match["answer"] == "A" else "B")
 
 
 def forced_close_text(generated: str) -> str:

@@ -29,10 +29,10 @@ from gram_local.operations import (
 )
 from gram_local.prompt import pieces_text
 from gram_local.rendering import PromptRenderer
-from gram_local.results import BestOfNResult, CompareResult, ModelInfo, PromptView, RankResult, Timings, VoteResult
+from gram_local.results import BestOfNResult, CompareResult, JudgeResult, ModelInfo, PromptView, RankResult, Timings, VoteResult
 from gram_local.runner import Program, Runner
 
-R = TypeVar("R")
+R = TypeVar("R", bound=JudgeResult)
 
 
 class Judge:
@@ -120,15 +120,15 @@ class Judge:
         return self._stamp(result, s, swap=swap)
 
     def _stamp(self, result: R, settings: JudgeSettings, **extra: Any) -> R:
-        result.model = self.model  # type: ignore[attr-defined]
-        result.settings = self.settings_record(settings) | extra  # type: ignore[attr-defined]
+        result.model = self.model
+        result.settings = self.settings_record(settings) | extra
         return result
 
     def run(self, program: Program[R]) -> R:
         """Run one program to its result; its timings are the backend's work meanwhile."""
         clock = _Clock(self.backend)
         result = self.runner.run(program)
-        result.timings = clock.timings()  # type: ignore[attr-defined]
+        result.timings = clock.timings()
         return result
 
     def run_many(self, programs: Iterable[Program[R]], *, in_flight: int | None = None) -> Iterator[tuple[int, R | BaseException]]:
@@ -141,7 +141,7 @@ class Judge:
             if results:
                 share = _scale_timings(clock.timings(), 1.0 / len(results))
                 for r in results:
-                    r.timings = share  # type: ignore[attr-defined]
+                    r.timings = share
                 clock = _Clock(self.backend)
             yield from finished
 

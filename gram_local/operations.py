@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, TypeVar, cast
 
 from gram_local.backend import Generation, GenerationRequest, SamplerSpec
 from gram_local.config import ANSWER_MARGIN, JudgeSettings
@@ -20,12 +20,13 @@ from gram_local.grammar import ANSWER_CLOSE, ANSWER_SLOT_PREFIX, parse_reply
 from gram_local.prompt import THINK_OPEN
 from gram_local.ranking import PairOutcome, Rounds, bradley_terry, knockout_rounds, merge_sort_rounds, round_robin_rounds
 from gram_local.rendering import PromptRenderer, require_text
-from gram_local.results import BestOfNResult, Comparison, CompareResult, Judgment, RankResult, VoteResult
+from gram_local.results import BestOfNResult, CompareResult, Comparison, Judgment, RankResult, Side, VoteResult, Winner
 from gram_local.runner import Ask, Program
 
 Order = Literal["AB", "BA"]
 RankMethod = Literal["sort", "round-robin"]
 METHODS: tuple[str, ...] = ("sort", "round-robin")
+T = TypeVar("T")
 ThinkCallback = Callable[[int, str], None]
 """Receives (index of the judgment in the result, think text as it is generated)."""
 
@@ -90,14 +91,15 @@ class Planner:
         output = THINK_OPEN + gen.text + prefilled + gen.answer + ANSWER_CLOSE
         parsed = parse_reply(output)  # the backend guarantees the format; verify, never trust
         p_shown_a = gen.p_answer_a
+        prefers: Side
         if planned.order == "AB":
             prefers, p_a = ("a" if parsed.answer == "A" else "b"), p_shown_a
         else:
             prefers, p_a = ("b" if parsed.answer == "A" else "a"), 1.0 - p_shown_a
         return Judgment(
             order=planned.order,
-            answer=parsed.answer,  # type: ignore[arg-type]
-            prefers=prefers,  # type: ignore[arg-type]
+            answer=parsed.answer,
+            prefers=prefers,
             p_a=p_a,
             rationale=parsed.rationale,
             think_tokens=gen.think_tokens,
@@ -134,9 +136,9 @@ def _asks(planned: Sequence[Planned], on_think: ThinkCallback | None, base: int)
 
 def compare_result(judgments: list[Judgment]) -> CompareResult:
     preferred = {j.prefers for j in judgments}
-    winner = preferred.pop() if len(preferred) == 1 else "tie"
+    winner: Winner = preferred.pop() if len(preferred) == 1 else "tie"
     p_a = sum(j.p_a for j in judgments) / len(judgments)
-    return CompareResult(winner=winner, p_a=p_a, judgments=judgments)  # type: ignore[arg-type]
+    return CompareResult(winner=winner, p_a=p_a, judgments=judgments)
 
 
 def compare_program(
@@ -160,6 +162,7 @@ def vote_program(
     judgments = [planner.judgment(p, g) for p, g in zip(planned, generations)]
     votes = {"a": sum(j.prefers == "a" for j in judgments), "b": sum(j.prefers == "b" for j in judgments)}
     p_a = sum(j.p_a for j in judgments) / len(judgments)
+    winner: Winner
     if votes["a"] != votes["b"]:
         winner = "a" if votes["a"] > votes["b"] else "b"
     else:
@@ -179,13 +182,13 @@ def _pairs_program(
     planner: Planner,
     question: str,
     responses: Sequence[str],
-    rounds: Rounds[object],
+    rounds: Rounds[T],
     *,
     swap: bool,
     settings: JudgeSettings,
     judgments: list[Judgment],
     on_think: ThinkCallback | None,
-) -> Generator[list[Ask], list[Generation], object]:
+) -> Generator[list[Ask], list[Generation], T]:
     """Feed a ranking strategy's rounds of pairs through the backend; collect every judgment."""
     try:
         pairs = next(rounds)
@@ -204,7 +207,7 @@ def _pairs_program(
                 outcomes.append(PairOutcome(i, j, summary.winner, summary.p_a))
             pairs = rounds.send(outcomes)
     except StopIteration as done:
-        return done.value
+        return cast(T, done.value)  # StopIteration.value is untyped; it is what `rounds` returns
 
 
 def rank_program(
@@ -226,12 +229,12 @@ def rank_program(
     if method == "sort":
         ranking, outcomes = yield from _pairs_program(
             planner, question, responses, merge_sort_rounds(n), swap=swap, settings=settings, judgments=judgments, on_think=on_think
-        )  # type: ignore[misc]
+        )
         scores = bradley_terry(n, outcomes)
     else:
         ranking, scores, outcomes = yield from _pairs_program(
             planner, question, responses, round_robin_rounds(n), swap=swap, settings=settings, judgments=judgments, on_think=on_think
-        )  # type: ignore[misc]
+        )
     return RankResult(
         ranking=ranking,
         scores=[float(s) for s in scores],
@@ -254,7 +257,7 @@ def best_of_n_program(
     judgments: list[Judgment] = []
     best, outcomes = yield from _pairs_program(
         planner, question, responses, knockout_rounds(len(responses)), swap=swap, settings=settings, judgments=judgments, on_think=on_think
-    )  # type: ignore[misc]
+    )
     return BestOfNResult(
         best=best, comparisons=[Comparison(o.a, o.b, o.winner, o.p_a) for o in outcomes], judgments=judgments
     )
@@ -262,4 +265,5 @@ def best_of_n_program(
 
 def with_overrides(settings: JudgeSettings, **overrides: object) -> JudgeSettings:
     changes = {k: v for k, v in overrides.items() if v is not None}
+    # Values arrive as `object` (any JudgeSettings field); JudgeSettings.__post_init__ checks them at run time.
     return replace(settings, **changes) if changes else settings  # type: ignore[arg-type]

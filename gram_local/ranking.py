@@ -10,9 +10,9 @@ the sort's result is the ranking.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable, Generator, Sequence
-from typing import Literal, TypeVar
+from dataclasses import dataclass
+from typing import Literal, TypeVar, cast
 
 import numpy as np
 
@@ -50,7 +50,7 @@ def merge_sort_rounds(n: int) -> Rounds[tuple[list[int], list[PairOutcome]]]:
     while len(runs) > 1:
         merges = [(runs[k], runs[k + 1]) for k in range(0, len(runs) - 1, 2)]
         leftover = [runs[-1]] if len(runs) % 2 else []
-        states = [(list(left), list(right), []) for left, right in merges]
+        states: list[tuple[list[int], list[int], list[int]]] = [(list(left), list(right), []) for left, right in merges]
         while True:
             waiting = [st for st in states if st[0] and st[1]]
             if not waiting:
@@ -91,7 +91,7 @@ def drive(rounds: Rounds[T], judge_pairs: JudgePairs) -> T:
         while True:
             pairs = rounds.send(judge_pairs(pairs))
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        return cast(T, done.value)  # StopIteration.value is untyped; it is what `rounds` returns
 
 
 def merge_sort(n: int, judge_pairs: JudgePairs) -> tuple[list[int], list[PairOutcome]]:
@@ -136,7 +136,7 @@ def bradley_terry(n: int, outcomes: Sequence[PairOutcome], *, l2: float = 0.01, 
         s = s - step
         if np.max(np.abs(step)) < 1e-10:
             break
-    return s - s.mean()
+    return s - float(s.mean())
 
 
 def order_by_scores(scores: np.ndarray) -> list[int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 Order = Literal["AB", "BA"]
 Letter = Literal["A", "B"]
@@ -28,7 +28,7 @@ def _plain(value: Any) -> Any:
 
 class _Serializable:
     def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
+        return cast("dict[str, Any]", _plain(self))  # subclasses are dataclasses: _plain gives their fields' dict
 
 
 @dataclass(frozen=True)
@@ -80,21 +80,23 @@ class Timings(_Serializable):
 
 
 @dataclass
-class _Common(_Serializable):
+class JudgeResult(_Serializable):
+    """What every judging operation's result carries beside its verdict."""
+
     model: ModelInfo | None = field(default=None, kw_only=True)
     settings: dict[str, Any] = field(default_factory=dict, kw_only=True)
     timings: Timings = field(default_factory=Timings, kw_only=True)
 
 
 @dataclass
-class CompareResult(_Common):
+class CompareResult(JudgeResult):
     winner: Winner
     p_a: float
     judgments: list[Judgment]
 
 
 @dataclass
-class VoteResult(_Common):
+class VoteResult(JudgeResult):
     winner: Winner
     votes: dict[str, int]
     p_a: float
@@ -102,7 +104,7 @@ class VoteResult(_Common):
 
 
 @dataclass
-class RankResult(_Common):
+class RankResult(JudgeResult):
     ranking: list[int]
     scores: list[float]
     comparisons: list[Comparison]
@@ -110,7 +112,7 @@ class RankResult(_Common):
 
 
 @dataclass
-class BestOfNResult(_Common):
+class BestOfNResult(JudgeResult):
     best: int
     comparisons: list[Comparison]
     judgments: list[Judgment]

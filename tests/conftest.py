@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
-
-import tempfile
 
 # Never let a developer's own store, hash cache or hub cache leak into (or out of) tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -122,7 +122,8 @@ class ScriptedBackend(Backend):
             answer = "A" if p >= 0.5 else "B"
         else:
             answer = "A" if random.Random(request.sampler.seed).random() < p else "B"
-        words = [] if request.at_answer_slot else f"Feedback: lengths {len(shown_a)} and {len(shown_b)}.\u2028Conclusion: {answer}.".split(" ")
+        reply = f"Feedback: lengths {len(shown_a)} and {len(shown_b)}.\u2028Conclusion: {answer}."
+        words = [] if request.at_answer_slot else reply.split(" ")
         handle.set_state(RequestState.DECODING)
         self.stats.prompt_tokens += len(request.prompt)
         return _Running(handle, words, answer, p)

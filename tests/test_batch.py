@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from batch_fakes import TOO_LONG, FakeJudge, Interrupting
-from fake_backend import ScriptedBackend
 from click.testing import CliRunner
+from fake_backend import ScriptedBackend
 
 import gram_local.cli.batch as cli_batch
 from gram_local.batch import (
@@ -93,7 +92,8 @@ def test_rows_parse_into_tasks_and_reasoned_errors() -> None:
 def test_rows_without_id_get_a_stable_content_id() -> None:
     row = {"question": "q", "a": "a", "b": "b"}
     first = parse_tasks((json.dumps(row) + "\n").encode())[0]
-    moved = parse_tasks(("\n" + json.dumps({"id": 7, "question": "z", "a": "a", "b": "b"}) + "\n" + json.dumps(row, indent=None, separators=(",", ":"))).encode())[1]
+    other_row = json.dumps({"id": 7, "question": "z", "a": "a", "b": "b"})
+    moved = parse_tasks(("\n" + other_row + "\n" + json.dumps(row, indent=None, separators=(",", ":"))).encode())[1]
     assert first.id == moved.id and str(first.id).startswith("sha256:") and len(str(first.id)) == 7 + 16
     other = parse_tasks((json.dumps({**row, "b": "c"}) + "\n").encode())[0]
     assert other.id != first.id

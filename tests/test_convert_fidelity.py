@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from random_checkpoint import default_tokenizer_json, write_random_checkpoint
 
 from gram_local.convert import convert_checkpoint
 from gram_local.convert.gguf_info import read_gguf_info
 from gram_local.convert.llama import load_checkpoint, write_gguf
-from random_checkpoint import default_tokenizer_json, write_random_checkpoint
 
 llama_cpp = pytest.importorskip("llama_cpp")
 torch = pytest.importorskip("torch")

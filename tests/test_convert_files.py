@@ -8,11 +8,11 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from random_checkpoint import default_tokenizer_json, write_random_checkpoint
 
 from gram_local.convert import convert_checkpoint, load_checkpoint, quantize_gguf
 from gram_local.convert import llama as llama_writer
 from gram_local.convert.gguf_info import read_gguf_info
-from random_checkpoint import default_tokenizer_json, write_random_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from random_checkpoint import default_tokenizer_json, write_random_checkpoint, write_safetensors
 
 from gram_local.convert import ConversionError, ConversionFailed, convert_checkpoint, quantize_gguf
 from gram_local.convert.__main__ import convert_command
-from random_checkpoint import default_tokenizer_json, write_random_checkpoint, write_safetensors
 from gram_local.convert.safetensors import TensorReader, index_checkpoint
 
 

@@ -7,10 +7,10 @@ import logging
 from pathlib import Path
 
 import pytest
+from random_checkpoint import default_tokenizer_json, write_random_checkpoint
 
 from gram_local.convert import convert_checkpoint, load_checkpoint
 from gram_local.convert.gguf_info import GGUFInfo, read_gguf_info
-from random_checkpoint import default_tokenizer_json, write_random_checkpoint
 from gram_local.prompt import PAIRWISE_PROMPT
 
 llama_cpp = pytest.importorskip("llama_cpp")

@@ -58,7 +58,9 @@ def test_an_empty_prompt_is_refused_at_submit(smollm2_path: Path) -> None:
         engine.close()
 
 
-def test_an_interrupt_between_a_stream_copy_and_its_decode_leaves_no_stale_copy(smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupt_between_a_stream_copy_and_its_decode_leaves_no_stale_copy(
+    smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """llama.cpp queues a copy between KV streams until the next decode and keeps it through a
     cache clear: interrupted in between, the copy must not land on a later sequence's cells."""
     from helpers import make_judge

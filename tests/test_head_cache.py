@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import make_judge
 
 from gram_local.config import HEAD_CACHE_FILES

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from helpers import assert_near_tie, make_judge
 
 from gram_local.config import EngineSettings

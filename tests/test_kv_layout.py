@@ -10,7 +10,6 @@ within 0.01 where the tokens match.
 from __future__ import annotations
 
 import pytest
-
 from helpers import assert_near_tie, make_judge
 
 from gram_local.config import EngineSettings

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hubserver import FakeHub
 
 from gram_local.store import SOURCE_PATTERNS, ModelStore
-from hubserver import FakeHub
 
 REPO = "test-org/GRAM-tiny"
 SHARD = "model-00001-of-00002.safetensors"  # holds the embeddings: over 10 MB, huggingface_hub's chunk size

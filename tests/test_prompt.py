@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from gram_local.config import normalize_date
 from gram_local.errors import InputError
-
 from gram_local.prompt import (
     DEFAULT_DATE,
     PAIRWISE_PROMPT,
     Piece,
     fill_pairwise,
     merge_text,
-    normalize_date,
     pieces_text,
     render_chat_template,
     render_llama3,

@@ -112,14 +112,14 @@ def _signals_deferred() -> Iterator[None]:
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for sig in dict.fromkeys(caught):
-            handler = previous[sig]
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(caught):
+            handler = previous[signum]
             if callable(handler):
-                handler(sig, None)
+                handler(signum, None)
             elif handler == signal.SIG_DFL:
-                signal.raise_signal(sig)
+                signal.raise_signal(signum)
 
 
 class Appender:

@@ -72,7 +72,7 @@ def run_batch(
     force: bool = False,
     limit: int | None = None,
     shard: tuple[int, int] | None = None,
-    defaults: TaskDefaults = TaskDefaults(),
+    defaults: TaskDefaults | None = None,
     in_flight: int | None = None,
     progress: BatchProgress | None = None,
     extra_settings: Mapping[str, Any] | None = None,
@@ -88,6 +88,7 @@ def run_batch(
     propagate: what was written stays. `source` is the input's path when `tasks` were read already.
     """
     out_path = Path(out)
+    defaults = TaskDefaults() if defaults is None else defaults
     if isinstance(tasks, (str, Path)):
         source = tasks
     refuse_same_file(source, out_path)

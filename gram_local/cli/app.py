@@ -7,8 +7,8 @@ import click
 from gram_local import __version__
 from gram_local.cli.batch import batch_command
 from gram_local.cli.bench import bench_command
-from gram_local.cli.evals import eval_group
 from gram_local.cli.doctor import doctor
+from gram_local.cli.evals import eval_group
 from gram_local.cli.judge import best_of_n, compare, prompt, rank, vote
 from gram_local.cli.models import models_group
 from gram_local.convert.__main__ import convert_command

@@ -206,4 +206,4 @@ def handle_errors(func: F) -> F:
             click.echo(f"error: {type(exc).__name__}: {exc} (set GRAM_LOCAL_DEBUG=1 for a traceback)", err=True)
             sys.exit(EXIT_RUNTIME)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps func's signature; mypy cannot see it is an F

@@ -88,9 +88,11 @@ class BatchProgress:
         elif not self.tty:
             self.out.write(f"{self.label}: {total} task(s) to judge\n")
         self.out.flush()
-        self._bar = tqdm(total=total, unit="task", file=self.out if self.tty else _Lines(self.out), dynamic_ncols=self.tty, desc=self.label,
-                         mininterval=0.2 if self.tty else self.interval, disable=False,
-                         bar_format=None if self.tty else "{desc}: {n_fmt}/{total_fmt} ({percentage:.1f}%) {rate_fmt} ETA {remaining}{postfix}")
+        self._bar = tqdm(
+            total=total, unit="task", file=self.out if self.tty else _Lines(self.out), dynamic_ncols=self.tty, desc=self.label,
+            mininterval=0.2 if self.tty else self.interval, disable=False,
+            bar_format=None if self.tty else "{desc}: {n_fmt}/{total_fmt} ({percentage:.1f}%) {rate_fmt} ETA {remaining}{postfix}",
+        )
 
     def advance(self, ok: bool) -> None:
         if not ok:

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import click
 
 from gram_local.cli.batch import in_flight_for, report_summary, terminate_as_interrupt
-from gram_local.cli.display import BatchProgress
 from gram_local.cli.common import handle_errors, judge_options, open_judge
+from gram_local.cli.display import BatchProgress
 from gram_local.evals.data import DEFAULT_JUDGEBENCH_SPLIT, JUDGEBENCH_SPLITS
 from gram_local.evals.plot import plot_result, require_matplotlib
 from gram_local.evals.report import render

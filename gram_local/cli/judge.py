@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
 
@@ -21,16 +22,18 @@ from gram_local.config import DEFAULT_VOTES, env_name
 from gram_local.errors import InputError
 from gram_local.operations import METHODS
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 def _pair_inputs(question: str | None, a: str | None, b: str | None) -> tuple[str, str, str]:
     q, ra, rb = read_text(question, "question"), read_text(a, "response a"), read_text(b, "response b")
     if q is None and ra is None and rb is None:
         data = read_stdin_json("-q/--question, -a and -b")
         return string_field(data, "question"), string_field(data, "a"), string_field(data, "b")
-    missing = [name for name, v in (("-q/--question", q), ("-a", ra), ("-b", rb)) if v is None]
-    if missing:
+    if q is None or ra is None or rb is None:
+        missing = [name for name, v in (("-q/--question", q), ("-a", ra), ("-b", rb)) if v is None]
         raise InputError(f"missing {', '.join(missing)}")
-    return q, ra, rb  # type: ignore[return-value]
+    return q, ra, rb
 
 
 def _list_inputs(question: str | None, responses: tuple[str, ...]) -> tuple[str, list[str]]:
@@ -102,8 +105,10 @@ pair_text_options = [
 ]
 
 
-def _with(options: list[Any]) -> Any:
-    def deco(func: Any) -> Any:
+def _with(options: Sequence[Callable[[Any], Any]]) -> Callable[[F], F]:
+    """Apply a list of click options as one decorator (each returns the function it was given)."""
+
+    def deco(func: F) -> F:
         for option in reversed(options):
             func = option(func)
         return func

@@ -71,7 +71,14 @@ class Engine(Backend):
 
     kind = "llama.cpp"
 
-    def __init__(self, model_path: str | os.PathLike[str], settings: EngineSettings | None = None, *, model_id: str | None = None, prefix_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        settings: EngineSettings | None = None,
+        *,
+        model_id: str | None = None,
+        prefix_dir: Path | None = None,
+    ) -> None:
         super().__init__()
         s = settings or EngineSettings()
         self.settings = s
@@ -574,7 +581,7 @@ class Engine(Backend):
             self.clear_cache()
             ctx = self._ctx()
             self._evaluate(tokens, 0, logits_last=True)
-            logits = ctx.logits(ctx.batch.n - 1).copy()
+            logits: np.ndarray = ctx.logits(ctx.batch.n - 1).copy()
             self.clear_cache()
             return logits
 

@@ -38,8 +38,7 @@ _recent: deque[str] = deque(maxlen=40)
 _last_level = 0
 
 
-@llama.llama_log_callback  # type: ignore[misc]
-def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+def _log_message(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     global _last_level
     message = text.decode("utf-8", errors="replace") if text else ""
     if os.environ.get(ENV_LLAMA_LOG):
@@ -52,6 +51,9 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         with _log_lock:
             _recent.append(message.strip())
 
+
+# The C function pointer llama.cpp calls; a module global, so it lives as long as llama.cpp holds it.
+_log_callback = llama.llama_log_callback(_log_message)
 
 _backend_ready = False
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import math
 import time
+from typing import cast
 
 import llama_cpp as llama
 import numpy as np
@@ -21,6 +22,17 @@ from gram_local.engine.native import TOKEN_DATA_DTYPE, LlamaContext, SamplerChai
 from gram_local.engine.vocab import LlamaVocab
 from gram_local.errors import EngineError
 from gram_local.grammar import think_grammar
+
+
+# llama_cpp annotates llama_token_data.id as ctypes.c_int32, but a ctypes Structure field of a
+# simple type reads and writes a plain int: these two keep that untruth in one place.
+def _set_entry(entry: llama.llama_token_data, token: int, logit: float) -> None:
+    entry.id = token  # type: ignore[assignment]  # see above: the field holds a plain int
+    entry.logit = logit
+
+
+def _entry_id(entry: llama.llama_token_data) -> int:
+    return cast(int, entry.id)  # see above: the field holds a plain int
 
 
 class Sampling:
@@ -50,8 +62,7 @@ class Sampling:
         mid = time.perf_counter()
         self.stats.sample_seconds += mid - started
         single = self._single
-        single[0].id = token
-        single[0].logit = 1.0
+        _set_entry(single[0], token, 1.0)
         single[0].p = 0.0
         arr = llama.llama_token_data_array(data=single, size=1, selected=-1, sorted=False)
         llama.llama_sampler_apply(chain.grammar, ctypes.byref(arr))
@@ -92,8 +103,8 @@ class Sampling:
         if chain is None:
             return ("A" if logit_a >= logit_b else "B"), logit_a, logit_b
         pair = (llama.llama_token_data * 2)()
-        pair[0].id, pair[0].logit = self.vocab.token_a, logit_a
-        pair[1].id, pair[1].logit = self.vocab.token_b, logit_b
+        _set_entry(pair[0], self.vocab.token_a, logit_a)
+        _set_entry(pair[1], self.vocab.token_b, logit_b)
         arr = llama.llama_token_data_array(data=pair, size=2, selected=-1, sorted=False)
         llama.llama_sampler_apply(chain.chain, ctypes.byref(arr))
-        return ("A" if pair[arr.selected].id == self.vocab.token_a else "B"), logit_a, logit_b
+        return ("A" if _entry_id(pair[arr.selected]) == self.vocab.token_a else "B"), logit_a, logit_b

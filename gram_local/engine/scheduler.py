@@ -20,10 +20,10 @@ import codecs
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
-from gram_local.backend import RequestHandle, RequestState
+from gram_local.backend import RequestHandle, RequestState, common_prefix
 from gram_local.engine.drafting import PromptLookup
 from gram_local.engine.native import SamplerChain
-from gram_local.engine.slots import SlotTable, common_prefix
+from gram_local.engine.slots import SlotTable
 
 WAIT_FOR_PREFIX = 32
 """Tokens of shared prefix worth holding a request back one prefill step for."""

@@ -7,7 +7,7 @@ sequence owns keeps its tokens as a cached prefix until it is reused or evicted.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 
 from gram_local.backend import common_prefix
 
@@ -50,7 +50,7 @@ class SlotTable:
     def holds_prefix(self, tokens: Sequence[int]) -> bool:
         return any(common_prefix(t, tokens) == len(tokens) for t in self._tokens)
 
-    def best_prefix(self, prompt: Sequence[int], free: set[int]) -> tuple[int, int]:
+    def best_prefix(self, prompt: Sequence[int], free: Container[int]) -> tuple[int, int]:
         """The slot (running or idle) holding the longest prefix of `prompt`, and its length;
         among equals a free one, so the prefix can be taken over in place. (-1, 0) if none."""
         best_src, best_len = -1, 0

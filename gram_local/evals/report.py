@@ -61,7 +61,10 @@ def _position_block(position: Mapping[str, Any], *, markdown: bool, unit: str) -
     rows = [
         [f"{unit}s judged in both orders", str(position["pairs_both_orders"])],
         ["same verdict in both orders (consistency)", f"{position['consistent']} ({_pct(position['consistency'])})"],
-        ["judgments picking the response shown first", f"{position['first_shown_preferred']} of {position['judgments']} ({_pct(position['first_shown_rate'])})"],
+        [
+            "judgments picking the response shown first",
+            f"{position['first_shown_preferred']} of {position['judgments']} ({_pct(position['first_shown_rate'])})",
+        ],
     ]
     return table(["position", "value"], rows, markdown=markdown)
 
@@ -138,7 +141,10 @@ def rmbench_report(result: Mapping[str, Any], *, markdown: bool = True) -> str:
             [name, str(dom["items"]), _num(dom["hard"]), _num(dom["normal"]), _num(dom["easy"]), _num(dom["score"]), _num(paper.get(name))]
         )
     rows.append(
-        ["overall", str(scores["items"]), _num(scores["hard"]), _num(scores["normal"]), _num(scores["easy"]), _num(scores["overall"]), _num(paper.get("overall"))]
+        [
+            "overall", str(scores["items"]), _num(scores["hard"]), _num(scores["normal"]), _num(scores["easy"]),
+            _num(scores["overall"]), _num(paper.get("overall")),
+        ]
     )
     bias_rows = [[name, _num(dom["chosen_first"]), _num(dom["chosen_second"])] for name, dom in scores["domains"].items()]
     bias_rows.append(["mean", _num(scores["chosen_first"]), _num(scores["chosen_second"])])

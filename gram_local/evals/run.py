@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gram_local.batch import BatchProgress, BatchSummary, load_records, run_batch
+from gram_local.errors import DataError
 from gram_local.evals import data as bench_data
 from gram_local.evals.judgebench import judgments_from_records, pair_tasks, score_judgebench
 from gram_local.evals.rmbench import cell_tasks, cells_from_records, score_rmbench
@@ -89,7 +90,7 @@ def judgebench_job(split: str = bench_data.DEFAULT_JUDGEBENCH_SPLIT, data: Path 
     # A file given by path could be the other split: scoring it under this split's name would mislead.
     models = {p.response_model for p in loaded if p.response_model}
     if models and models != {chosen.response_model}:
-        raise bench_data.DataError(
+        raise DataError(
             f"{path} holds responses of {', '.join(sorted(models))}, not of the {chosen.name} split "
             f"({chosen.response_model}); pass the matching --split"
         )
@@ -164,7 +165,7 @@ def rmbench_job(data: Sequence[Path] | None = None, domains: Sequence[str] = (),
     if sources:
         absent = [name for name in sources if not any(bench_data.in_domains(item, [name]) for item in items)]
         if absent:
-            raise bench_data.DataError(f"no RM-Bench items for {', '.join(absent)} in {', '.join(map(str, paths))}")
+            raise DataError(f"no RM-Bench items for {', '.join(absent)} in {', '.join(map(str, paths))}")
         items = [item for item in items if bench_data.in_domains(item, sources)]
     return RMBenchJob(paths, sources, first_per_group(items, lambda item: item.source, limit), limit)
 
