@@ -5,13 +5,35 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-# Never let a developer's own store, hash cache or hub cache leak into (or out of) tests.
+# Never let a developer's own store, hash cache or hub cache leak into (or out of) tests. Session
+# fixtures (the judges loaded once) see this home; every test gets its own (below).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["GRAM_LOCAL_HOME"] = tempfile.mkdtemp(prefix="gram-local-test-home-")
+
+MODEL_FIXTURES = {"smollm2_path", "tiny_llama3_gguf", "smollm2_judge", "llama3_judge", "judge", "tiny_llama3_checkpoint"}
+TORCH_MODULES = {"test_convert_fidelity", "test_convert_numerics"}
+
+
+@pytest.fixture(autouse=True)
+def gram_local_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A model store of the test's own: nothing one test stores or caches reaches another."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("GRAM_LOCAL_HOME", str(home))
+    yield home
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tiers: `model` (loads a GGUF), `torch` (the transformers reference); `slow` is set by hand."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+        if item.module is not None and item.module.__name__ in TORCH_MODULES:
+            item.add_marker(pytest.mark.torch)
 
 
 def _package_file(package: str, *parts: str) -> Path:
