@@ -6,7 +6,7 @@
 #
 # Needs in .gpu/ (git-ignored, carried): llama-cpp-python-0.3.36-trim.tgz (the sdist without
 # .git, vendor/llama.cpp/{models,docs,benches,tests,examples,tools/ui}), the wheels of packages
-# the machine lacks (diskcache, gguf), and the Llama-3 tokenizer.json.
+# the machine lacks (diskcache, gguf, tqdm), and the Llama-3 tokenizer.json.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 repo="$PWD"
@@ -43,6 +43,12 @@ step "wait for the checkpoint, quantize to Q4_K_M"
 wait "$ckpt_pid" || { tail -20 "$out/checkpoint.log"; exit 1; }
 python3 -c "from gram_local.convert import quantize_gguf; quantize_gguf('/tmp/3b-f16.gguf', '/tmp/3b-q4_k_m.gguf', 'Q4_K_M')" \
     || exit 1
+
+step "the segfault hunt: every llama.cpp call gram-local makes, one stage at a time, llama.cpp logging on"
+GRAM_LOCAL_LLAMA_LOG=1 timeout 300 python3 -X faulthandler "$repo/scripts/cuda_probe.py" /tmp/3b-q4_k_m.gguf \
+    > "$out/cuda-probe.out" 2> "$out/cuda-probe.err"
+echo "probe exit $?; last stage started:"; grep '^STAGE' "$out/cuda-probe.out" | tail -1
+grep -E '^(ok|all stages)' "$out/cuda-probe.out" | tail -3; tail -30 "$out/cuda-probe.err"
 
 
 step "gram-local bench, all layers offloaded (prompt-lookup drafts off)"
