@@ -3,8 +3,12 @@
 The grammar keeps the think block free of `</think>` until it closes with `</think>\\n<answer>\\n`.
 Checking all 128k candidates against it at every token is what makes llama-cpp-python's own
 grammar sampling slow; here the sequence's sampler draws first and only that token is checked.
-The full grammar runs over the vocabulary only when the token is rejected, which gives the same
-distribution (the draw is redone among the allowed tokens) at a fraction of the cost.
+The full grammar runs over the vocabulary only when the token is rejected, and the draw is redone
+among the allowed tokens. Greedy, and sampling with top-p 1, give exactly grammar-first sampling's
+distribution at a fraction of the cost. With top-p < 1 (votes use 0.9) they do not: the nucleus of
+the first draw is cut over the whole vocabulary, so an allowed token can fall outside a nucleus that
+grammar-first sampling would have cut over the allowed tokens only. The difference is confined to
+the tokens near `</think>` that the grammar forbids, and it is the sampler the votes are defined by.
 """
 
 from __future__ import annotations
