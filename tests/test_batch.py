@@ -476,3 +476,17 @@ def test_an_interrupt_held_during_a_write_is_counted_with_that_record(tmp_path: 
     assert summary.interrupted
     assert summary.judged == len(lines(out)) == 3
     assert summary.remaining == 3
+
+
+def test_the_rewrite_never_writes_through_a_planted_link(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", pairs(3))
+    out = tmp_path / "out.jsonl"
+    run_batch(FakeJudge(), src, out, limit=2)
+    out.write_bytes(out.read_bytes() + b'{"id": "p2", "sta')  # a cut line: the next run rewrites OUT
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "out.jsonl.rewrite").symlink_to(victim)
+    summary = run_batch(FakeJudge(), src, out)
+    assert victim.read_text() == "keep me"
+    assert summary.judged == 1 and sorted(r["id"] for r in lines(out)) == ["p0", "p1", "p2"]
+    assert not (tmp_path / "out.jsonl.rewrite").exists()
