@@ -42,10 +42,10 @@ def batch_shape_noise(engine: Any, tokens: list[int], split: int | None = None) 
     split = len(tokens) - 1 if split is None else split
     cold = engine.next_token_logits(tokens)
     with engine._step_lock:
-        engine._ensure_context(1, len(tokens) + 1)
+        engine.kv.ensure(1, len(tokens) + 1)
         engine.clear_cache()
-        engine._evaluate(tokens[:split], 0)
-        ctx = engine._ctx()
+        engine.kv.evaluate(tokens[:split], 0)
+        ctx = engine.kv.context()
         for position in range(split, len(tokens)):
             ctx.batch.clear()
             ctx.batch.add(tokens[position], position, 0, True)

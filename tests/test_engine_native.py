@@ -58,44 +58,51 @@ def test_an_empty_prompt_is_refused_at_submit(smollm2_path: Path) -> None:
         engine.close()
 
 
-def test_an_interrupt_between_a_stream_copy_and_its_decode_leaves_no_stale_copy(
-    smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_interrupt_between_a_stream_copy_and_its_decode_leaves_no_stale_copy(smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """llama.cpp queues a copy between KV streams until the next decode and keeps it through a
-    cache clear: interrupted in between, the copy must not land on a later sequence's cells."""
-    from helpers import make_judge
-
+    cache clear. Interrupted in between, the copy could land at the next decode over whatever the
+    next requests put in that stream: here two unrelated prompts prefilled side by side in streams
+    0 and 1. Their answers must be those of a fresh engine. (Measured: keeping the context and only
+    clearing the streams passed this too, so the stale copy did no visible harm here; the engine
+    drops the whole context after an interrupted step all the same, which does not depend on the
+    order in which llama.cpp applies queued copies.)"""
     from gram_local.errors import Cancelled
 
-    options = dict(max_think_tokens=12, n_parallel=2, kv_unified=False, head_cache=False, temperature=0.0, seed=3)
-    question, a, b = "Which is a fruit?", "An apple is a fruit.", "A car is a vehicle."
-    fresh = make_judge(smollm2_path, **options)
-    expected = [(j.order, j.answer, j.think_tokens, round(j.p_a, 5)) for j in fresh.compare(question, a, b, swap=True).judgments]
+    settings = EngineSettings(parallel=2, kv_unified=False, flash_attn=False, speculative=False, head_cache=False)
+    shared = list(range(1000, 1200))
+    first = GenerationRequest(prompt=shared + [5, 6, 7], max_think_tokens=8)  # still decoding when `second` comes
+    second = GenerationRequest(prompt=shared + [8, 9], at_answer_slot=True)  # placed by copying `shared`
+    x = GenerationRequest(prompt=list(range(2000, 2150)), at_answer_slot=True)
+    y = GenerationRequest(prompt=list(range(3000, 3090)), at_answer_slot=True)
+
+    fresh = Engine(smollm2_path, settings)
+    expected = [(g.answer, g.logit_a, g.logit_b) for g in fresh.generate([x, y])]
     fresh.close()
 
-    judge = make_judge(smollm2_path, **options)
-    engine = judge.backend
+    engine = Engine(smollm2_path, settings)
     copied = {"n": 0}
-    real_copy, real_decode = engine._copy_prefix, engine._decode
+    real_copy, real_decode = engine.kv.copy_prefix, engine.stepper.decode
 
     def copy_prefix(src: int, dst: int, n: int) -> None:
         copied["n"] += 1
         real_copy(src, dst, n)
 
-    def decode(placed, *, prefill: bool) -> None:
+    def decode(placed, *, prefill: bool):  # type: ignore[no-untyped-def]
         if copied["n"]:
             raise KeyboardInterrupt  # after the copy was queued, before llama.cpp applied it
-        real_decode(placed, prefill=prefill)
+        return real_decode(placed, prefill=prefill)
 
-    monkeypatch.setattr(engine, "_copy_prefix", copy_prefix)
-    monkeypatch.setattr(engine, "_decode", decode)
+    monkeypatch.setattr(engine.kv, "copy_prefix", copy_prefix)
+    monkeypatch.setattr(engine.stepper, "decode", decode)
     with pytest.raises((KeyboardInterrupt, Cancelled)):
-        judge.compare(question, a, b, swap=True)
-    assert copied["n"] >= 1, "the swap never copied its shared prefix between streams"
-    monkeypatch.setattr(engine, "_decode", real_decode)
-    again = [(j.order, j.answer, j.think_tokens, round(j.p_a, 5)) for j in judge.compare(question, a, b, swap=True).judgments]
-    judge.close()
-    assert again == expected
+        engine.generate([first, second])
+    assert copied["n"] >= 1, "the second prompt never copied its shared prefix between streams"
+    monkeypatch.setattr(engine.stepper, "decode", real_decode)
+    monkeypatch.setattr(engine.kv, "copy_prefix", real_copy)
+    got = [(g.answer, g.logit_a, g.logit_b) for g in engine.generate([x, y])]
+    engine.close()
+    for (answer, logit_a, logit_b), (got_answer, got_a, got_b) in zip(expected, got):
+        assert got_answer == answer and got_a == pytest.approx(logit_a, abs=1e-3) and got_b == pytest.approx(logit_b, abs=1e-3)
 
 
 def test_a_build_with_amx_never_puts_weights_in_amx_buffers(smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

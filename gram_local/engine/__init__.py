@@ -1,13 +1,17 @@
 """The in-process llama.cpp engine, in rooms:
 
 - `native`: the llama.cpp handles (model, context, batch, samplers), logging, build facts;
+- `plan`: how the engine runs here (threads, offload, KV layout, attention, repack), from settings;
+- `metadata`: what a loaded model is, and what its KV bytes depend on;
 - `vocab`: tokenizing with the model's vocabulary;
-- `slots`: which tokens each KV sequence holds;
+- `slots`: which tokens each KV sequence holds (it only tracks);
+- `kv`: the one context, sized to the work, and its streams (copy, clear, evaluate);
 - `scheduler`: admission, slot placement, compaction and batch composition (decisions only);
+- `stepping`: one decode step: fill the batch, decode, act on every row of logits;
 - `sampling`: the format grammar and the answer slot;
 - `drafting`: prompt-lookup speculation;
-- `prefix_store`: the instruction head's KV on disk;
-- `core`: the `Engine`, which carries out the scheduler's decisions step by step.
+- `prefix_store`: the instruction head's KV on disk (policy and mechanics);
+- `core`: the `Engine`, the Backend: requests, their lifecycle, and the step loop.
 
 Only this package imports llama_cpp (and `gram_local.cpu`, which reads the build's features).
 """
@@ -15,7 +19,8 @@ Only this package imports llama_cpp (and `gram_local.cpu`, which reads the build
 from __future__ import annotations
 
 from gram_local.backend import Generation, GenerationRequest, RequestHandle, RequestState, SamplerSpec, common_prefix
-from gram_local.engine.core import Engine, ModelMetadata
+from gram_local.engine.core import Engine
+from gram_local.engine.metadata import ModelMetadata
 
 __all__ = [
     "Engine",

@@ -20,7 +20,9 @@ from array import array
 from collections.abc import Sequence
 from pathlib import Path
 
+from gram_local.backend import BackendStats, GenerationRequest
 from gram_local.config import HEAD_CACHE_FILES
+from gram_local.engine.kv import KvCache
 from gram_local.engine.native import LlamaContext, take_log_messages
 
 _STALE_TEMP_SECONDS = 600
@@ -33,6 +35,31 @@ class PrefixStore:
         self.kv_identity = kv_identity
         self.keep = keep
         self._pruned = False
+
+    def restore(self, kv: KvCache, request: GenerationRequest, busy: set[int], stats: BackendStats) -> None:
+        """Make some free slot hold the request's shared prefix, unless one holds it already:
+        read from disk, or computed once and written there."""
+        n = request.shared_prefix
+        if n < 2 or n >= kv.n_ctx_seq:
+            return
+        tokens = list(request.prompt[:n])
+        if kv.slots.holds_prefix(tokens):
+            return
+        free = [s for s in range(kv.n_slots) if s not in busy]
+        if not free:
+            return
+        slot = kv.slots.least_recently_used(free)
+        kv.clear_slot(slot)
+        if self.load(kv.context(), slot, tokens):
+            kv.slots.set(slot, tokens)
+            stats.restored_tokens += len(tokens)
+            return
+        started = time.perf_counter()
+        kv.evaluate(tokens, slot)
+        stats.prefill_seconds += time.perf_counter() - started
+        stats.prompt_tokens += len(tokens)
+        kv.slots.set(slot, tokens)
+        self.save(kv.context(), slot, tokens)
 
     def path_for(self, tokens: Sequence[int]) -> Path:
         key = hashlib.sha256()
