@@ -35,7 +35,7 @@ def build_report() -> dict[str, Any]:
     """The installed llama.cpp build: versions, compiled CPU features, backends and devices."""
     import llama_cpp
 
-    from gram_local.engine.native import devices, gpu_offload_supported, llama_cpp_version, system_info
+    from gram_local.engine.build import devices, gpu_offload_supported, llama_cpp_version, system_info
 
     info = system_info()
     found = devices()

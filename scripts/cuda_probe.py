@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ngl = args.n_gpu_layers
 
-    from gram_local.engine import native
+    from gram_local.engine import build, native
 
-    stage("build facts", lambda: print(native.system_info(), native.gpu_offload_supported(), native.devices(), flush=True))
+    stage("build facts", lambda: print(build.system_info(), build.gpu_offload_supported(), build.devices(), flush=True))
     model = stage("load the model (no repack)", lambda: native.LlamaModel(args.model, n_gpu_layers=ngl, repack=False))
     shape = stage("model shape", model.shape)
     print(shape, flush=True)

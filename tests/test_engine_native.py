@@ -9,7 +9,7 @@ import pytest
 
 from gram_local.backend import GenerationRequest
 from gram_local.config import EngineSettings
-from gram_local.engine import Engine, native
+from gram_local.engine import Engine, build, native
 from gram_local.errors import EngineError, InputError, ModelError
 
 
@@ -58,7 +58,9 @@ def test_an_empty_prompt_is_refused_at_submit(smollm2_path: Path) -> None:
         engine.close()
 
 
-def test_an_interrupt_between_a_stream_copy_and_its_decode_leaves_no_stale_copy(smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupt_between_a_stream_copy_and_its_decode_leaves_no_stale_copy(
+    smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """llama.cpp queues a copy between KV streams until the next decode and keeps it through a
     cache clear. Interrupted in between, the copy could land at the next decode over whatever the
     next requests put in that stream: here two unrelated prompts prefilled side by side in streams
@@ -110,7 +112,7 @@ def test_a_build_with_amx_never_puts_weights_in_amx_buffers(smollm2_path: Path, 
     withholds AMX); they are only reached through the extra buffer types, so those stay off."""
     import gram_local.engine.core as core
 
-    real = native.system_info()
+    real = build.system_info()
     loaded: list[bool] = []
     real_model = core.LlamaModel
 

@@ -24,16 +24,10 @@ import numpy as np
 
 from gram_local.backend import Backend, GenerationRequest, RequestHandle, TextCallback, Vocabulary
 from gram_local.config import EngineSettings
+from gram_local.engine.build import gpu_offload_supported, llama_cpp_version, system_info
 from gram_local.engine.kv import KvCache
 from gram_local.engine.metadata import kv_identity, read_metadata
-from gram_local.engine.native import (
-    LlamaContext,
-    LlamaModel,
-    ModelShape,
-    gpu_offload_supported,
-    llama_cpp_version,
-    system_info,
-)
+from gram_local.engine.native import LlamaContext, LlamaModel, ModelShape
 from gram_local.engine.plan import plan_engine
 from gram_local.engine.prefix_store import PrefixStore
 from gram_local.engine.sampling import Sampling

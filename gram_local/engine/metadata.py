@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gram_local.engine.native import LlamaModel, ModelShape, devices, system_info
+from gram_local.engine.build import devices, system_info
+from gram_local.engine.native import LlamaModel, ModelShape
 
 
 @dataclass(frozen=True)
