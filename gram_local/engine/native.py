@@ -114,7 +114,8 @@ class LlamaModel:
         params = llama.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.use_extra_bufts = repack
-        params.use_mmap = use_mmap
+        # (0.3.36 has no `use_mmap` field: setting one on the ctypes struct would do nothing.)
+        params.load_mode = llama.LLAMA_LOAD_MODE_MMAP if use_mmap else llama.LLAMA_LOAD_MODE_NONE
         params.vocab_only = vocab_only
         take_log_messages()
         self.ptr: Any = llama.llama_model_load_from_file(self.path.encode(), params)
@@ -247,6 +248,9 @@ class LlamaContext:
         params.no_perf = True
         params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_AUTO if flash_attn else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.n_outputs_max_per_seq = max(1, max_outputs_per_seq)
+        # The logits buffer is sized for this many rows (n_vocab floats each; by default n_batch
+        # rows, 250 MB on a 128k vocabulary): a step reads at most a draft's rows per sequence.
+        params.n_outputs_max = min(n_batch, shape.n_seq * max(1, max_outputs_per_seq))
         take_log_messages()
         self.ptr: Any = llama.llama_init_from_model(model.ptr, params)
         if not self.ptr:
