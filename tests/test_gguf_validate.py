@@ -188,11 +188,11 @@ def test_a_bad_file_is_refused_with_the_reason(
 def test_load_judge_refuses_a_bad_file_before_llama_cpp_sees_it(
     tmp_path: Path, original: tuple[Path, bytes, int]
 ) -> None:
-    from gram_local import load_judge
+    from gram_local import EngineSettings, load_judge
 
     bad = copy_with(tmp_path, original, replace_string_value("general.architecture", b"llama", b"gemma"))
     with pytest.raises(ModelFileError, match="'gemma' model"):
-        load_judge(bad, head_cache=False)
+        load_judge(bad, engine=EngineSettings(head_cache=False))
 
 
 def _write(tmp_path: Path, data: bytes) -> Path:
