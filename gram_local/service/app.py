@@ -205,12 +205,15 @@ async def health_endpoint(request: Request) -> Response:
     _log_fields(request)["op"] = "health"
     if state.worker is None:
         return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
+    stats = state.judge.backend.stats
     return JSONResponse({
         "status": "ok",
         "model": state.judge.model.name or state.judge.model.path,
         "queue": state.worker.admitted,
         "max_queue": state.worker.max_queue,
         "uptime_s": round(time.monotonic() - state.started, 1),
+        # The engine's counters since start: a cancelled request shows in `cancelled`.
+        "engine": {k: getattr(stats, k) for k in ("steps", "prompt_tokens", "generated_tokens", "cancelled")},
     })
 
 

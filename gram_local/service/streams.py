@@ -58,7 +58,8 @@ def own_tokens(result: Any) -> int:
 
 
 def sse(event: str, data: Mapping[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+    """One event; the JSON is ASCII so no line separator in a text (U+2028) can split its line."""
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 class ThinkQueue:
@@ -76,8 +77,8 @@ class ThinkQueue:
         except RuntimeError:  # the loop has closed (the service is stopping): nobody reads this
             pass
 
-    def drain(self) -> dict[int, str]:
-        merged: dict[int, str] = {}
+    def drain(self, first: tuple[int, str] | None = None) -> dict[int, str]:
+        merged: dict[int, str] = {first[0]: first[1]} if first else {}
         while not self.queue.empty():
             index, text = self.queue.get_nowait()
             merged[index] = merged.get(index, "") + text
@@ -92,11 +93,12 @@ async def judge_events(worker: JudgeWorker, call: JudgeCall, future: ProgramFutu
         while True:
             getter = asyncio.ensure_future(thinks.queue.get())
             await asyncio.wait({getter, outcome}, return_when=asyncio.FIRST_COMPLETED)
+            first = None
             if getter.done():
-                thinks.queue.put_nowait(getter.result())
+                first = getter.result()
             else:
                 getter.cancel()
-            for index, delta in sorted(thinks.drain().items()):
+            for index, delta in sorted(thinks.drain(first).items()):
                 yield sse("think", {"index": index, "order": call.order_of(index), "delta": delta})
             if outcome.done():
                 break
@@ -127,7 +129,8 @@ def _program(judge: Judge, task: Task) -> Program[Any]:
 
 
 def _line(record: Mapping[str, Any]) -> bytes:
-    return (json.dumps(record, ensure_ascii=False) + "\n").encode()
+    """One JSONL record, ASCII: a client splitting on any line break (U+2028 too) still gets whole records."""
+    return (json.dumps(record) + "\n").encode()
 
 
 async def batch_lines(worker: JudgeWorker, tasks: Sequence[Task], defaults: TaskDefaults, *, in_flight: int,
