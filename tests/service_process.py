@@ -102,10 +102,10 @@ def post(url: str, body: Any, *, headers: dict[str, str] | None = None, raw: byt
                                      method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         text = exc.read()
-        return exc.code, dict(exc.headers), json.loads(text) if text else None
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, json.loads(text) if text else None
 
 
 def get(url: str, *, headers: dict[str, str] | None = None) -> tuple[int, Any]:

@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import uvicorn
@@ -66,7 +67,27 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, minus re-raising a caught SIGTERM/SIGINT once it has shut down."""
+    """uvicorn's server, minus re-raising a caught SIGTERM/SIGINT once it has shut down, plus
+    winding the judge down before uvicorn's grace period ends (half-way, or three seconds before
+    the end of a long one), so streams end with an `error` event, not a cut connection."""
+
+    def __init__(self, config: uvicorn.Config, state: ServiceState, grace: int) -> None:
+        super().__init__(config)
+        self.state = state
+        self.grace = grace
+        self.wind_down: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self.wind_down is None:
+            log.info("stopping: in-flight requests get %d s", self.grace)
+            self.wind_down = threading.Timer(max(self.grace - 3.0, self.grace / 2), self._wind_down)
+            self.wind_down.daemon = True
+            self.wind_down.start()
+
+    def _wind_down(self) -> None:
+        if self.state.worker is not None:
+            self.state.worker.wind_down()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -109,7 +130,7 @@ def run_service(load: Callable[[], Judge], *, host: str, port: int, options: Ser
     state = ServiceState(options)
     config = uvicorn.Config(create_app(state), log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=grace, timeout_keep_alive=5)
-    server = _Server(config)
+    server = _Server(config, state, grace)
     failure: list[BaseException] = []
     judges: list[Judge] = []
 
@@ -132,6 +153,8 @@ def run_service(load: Callable[[], Judge], *, host: str, port: int, options: Ser
     try:
         server.run(sockets=[sock])
     finally:
+        if server.wind_down is not None:
+            server.wind_down.cancel()
         sock.close()
         loader.join(grace)  # a stop while loading does not wait for the load to end
         if state.worker is not None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gram_local.config import RETRY_AFTER
-from gram_local.errors import DeadlineExceededError, ServiceBusyError
+from gram_local.errors import Cancelled, DeadlineExceededError, ServiceBusyError
 from gram_local.runner import Program, ProgramFuture
 
 if TYPE_CHECKING:
@@ -118,6 +118,8 @@ class JudgeWorker:
         except BaseException:
             future.cancel()
             raise
+        if self._stopping and isinstance(future.error, Cancelled):
+            raise ServiceBusyError("the service stopped before this request finished; retry once it is back", RETRY_AFTER)
         return future.result()
 
     async def run(self, program: Program[R], *, deadline: float | None = None) -> R:
@@ -155,10 +157,16 @@ class JudgeWorker:
         for future in futures:
             future.cancel()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Cancel what is left and end the engine thread (the judge stays open)."""
-        self.cancel_all()
+    def wind_down(self) -> None:
+        """Admit nothing more and cancel what is in flight: its clients get a 503 (a stream, an
+        `error` event) instead of a connection cut off."""
         with self._cond:
             self._stopping = True
+        self.cancel_all()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel what is left and end the engine thread (the judge stays open)."""
+        self.wind_down()
+        with self._cond:
             self._cond.notify_all()
         self._thread.join(timeout)
