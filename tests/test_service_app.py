@@ -216,3 +216,17 @@ def test_the_openapi_document_describes_the_bodies_the_service_takes() -> None:
 
         assert set(schemas[name]["properties"]) == {f.name for f in dataclasses.fields(kind)}
     assert {"/v1/batch", "/v1/models", "/health", "/"} <= set(doc["paths"])
+
+
+def test_a_request_past_its_deadline_is_504_and_gives_its_place_back() -> None:
+    state = ServiceState(options(deadline=0.2))
+    judge = scripted_judge(max_think_tokens=64, delay=1.0)  # each generation takes a second to finish
+    state.worker = JudgeWorker(judge, max_queue=4)
+    try:
+        with TestClient(create_app(state)) as client:
+            late = client.post("/v1/compare", json=PAIR | {"swap": True})
+            assert late.status_code == 504 and late.json()["error"]["type"] == "DeadlineExceededError"
+            assert "deadline of 0.2 s" in late.json()["error"]["message"]
+            assert client.get("/health").json()["queue"] == 0  # its place in the queue was given back
+    finally:
+        state.worker.stop()
