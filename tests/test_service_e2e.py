@@ -63,7 +63,6 @@ def test_concurrent_clients_get_their_own_results_equal_to_alone_runs(server: Se
         assert [j.answer for j in many.judgments] == [j.answer for j in one.judgments]
         assert many.winner == one.winner
         assert [j.p_a for j in many.judgments] == pytest.approx([j.p_a for j in one.judgments], abs=0.02)
-        print("same think text:", [m.output == o.output for m, o in zip(many.judgments, one.judgments)])
     exact = [client.compare(q, a, b, swap=True, max_think_tokens=0) for q, a, b in PAIRS]
     answered = list(client.compare_many(PAIRS, swap=True, max_think_tokens=0))
     for one, many in zip(exact, answered):  # answering at once: no think text to drift
