@@ -26,7 +26,7 @@ ENV_LLAMA_LOG = "GRAM_LOCAL_LLAMA_LOG"
 ENV_DEBUG = "GRAM_LOCAL_DEBUG"
 """Set: unexpected failures print their traceback."""
 ENV_API_KEY = "GRAM_LOCAL_API_KEY"
-"""Bearer token of `gram-local serve`, and of remote backends."""
+"""Bearer token of `gram-local serve` (required to listen beyond this machine), of its client, and of remote backends."""
 ENV_CPU_FLAGS_FILE = "GRAM_LOCAL_CPU_FLAGS_FILE"
 """A recorded /proc/cpuinfo (or `sysctl -a`) to check the build against instead of this machine's."""
 ENV_SKIP_CPU_CHECK = "GRAM_LOCAL_SKIP_CPU_CHECK"
@@ -63,6 +63,27 @@ DEFAULT_MAX_DRAFT = 8
 """Prompt-lookup draft tokens per step, where drafting is on."""
 HEAD_CACHE_FILES = 8
 """Files of the instruction head's KV kept on disk (one per model, date and build)."""
+
+# `gram-local serve`
+DEFAULT_HOST = "127.0.0.1"
+"""Only this machine can reach the service unless told otherwise (and then only with an API key)."""
+DEFAULT_PORT = 8765
+DEFAULT_SERVE_CTX = 4096
+"""Context per sequence the service reserves at start (capped at the model's), unless --ctx says."""
+DEFAULT_MAX_QUEUE = 64
+"""Requests the service holds at once, running or waiting; beyond it, 503 with Retry-After."""
+DEFAULT_MAX_BODY = 4 * 2**20
+"""Bytes of one request body (a batch's JSONL included); beyond it, 413."""
+DEFAULT_MAX_RESPONSES = 32
+"""Responses of one rank or best-of-n request; beyond it, 422."""
+DEFAULT_MAX_VOTES = 64
+"""Samples of one vote request; beyond it, 422."""
+DEFAULT_DEADLINE = 900.0
+"""Seconds one request (one task of a batch) may run before it is cancelled (504)."""
+DEFAULT_GRACE = 10
+"""Seconds a stopping service gives requests in flight before cancelling them."""
+RETRY_AFTER = 5
+"""Seconds a 503 asks a client to wait before retrying."""
 
 KvType = Literal["f16", "q8_0", "f32"]
 KV_TYPES: tuple[str, ...] = ("f16", "q8_0", "f32")

@@ -11,6 +11,10 @@ each class carries `exit_code`, and its message is fit to show a user as it is.
         ConversionError            2  a checkpoint that cannot be converted as given
         DataError                  2  a benchmark file that cannot be read
         PlotUnavailableError       2  --plot without matplotlib
+        RequestSyntaxError         2  a service request body that is not JSON (HTTP 400)
+        PayloadTooLargeError       2  a service request body over the size limit (HTTP 413)
+        UnauthorizedError          2  a service request without the right API key (HTTP 401)
+        UnsafeBindError            2  a service asked to listen beyond this machine without a key
       ModelError                   1  the model cannot be found, read or loaded
         ModelNotFoundError         2  a name or path that resolves to nothing
         ModelFileError             1  a file that is not a GGUF model gram-local can load
@@ -22,7 +26,9 @@ each class carries `exit_code`, and its message is fit to show a user as it is.
       BackendError                 1  a remote backend failed (HTTP, protocol, identity)
       ConversionFailed             1  a valid conversion failed while running
       DownloadError                1  a benchmark download failed
+      ServiceBusyError             1  the service's queue is full, or its model is still loading (HTTP 503)
     Cancelled                     130 a request was cancelled before it finished
+      DeadlineExceededError       130 a service request ran past its deadline and was cancelled (HTTP 504)
 """
 
 from __future__ import annotations
@@ -95,6 +101,26 @@ class PlotUnavailableError(InputError):
     """Plots were asked for but matplotlib is not installed."""
 
 
+class RequestSyntaxError(InputError):
+    """A service request body that cannot be read as JSON at all (HTTP 400; a readable one with wrong fields is 422)."""
+
+
+class PayloadTooLargeError(InputError):
+    """A request body over the service's size limit; nothing of it was judged."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"the request body is over the limit of {limit} bytes")
+
+
+class UnauthorizedError(InputError):
+    """A service request without the bearer token the service was started with."""
+
+
+class UnsafeBindError(InputError):
+    """`serve` asked to listen on an address other machines can reach, without an API key."""
+
+
 class ModelError(GramLocalError):
     """The model cannot be found, read or loaded."""
 
@@ -159,10 +185,26 @@ class DownloadError(GramLocalError):
     """A download of benchmark data failed."""
 
 
+class ServiceBusyError(GramLocalError):
+    """The service cannot take the request now (its queue is full, or the model is loading): retry later."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
 class Cancelled(GramLocalError):
     """A request was cancelled (its client went away, a deadline passed, the process is stopping)."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class DeadlineExceededError(Cancelled):
+    """A service request ran past the service's per-request deadline; its work was cancelled."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"the request ran past the deadline of {seconds:g} s and was cancelled")
 
 
 class ModelStoreWarning(UserWarning):

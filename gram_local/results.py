@@ -7,8 +7,9 @@ the order a pair was shown to the model in is recorded per judgment, never leake
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 Order = Literal["AB", "BA"]
 Letter = Literal["A", "B"]
@@ -31,12 +32,22 @@ class _Serializable:
         return cast("dict[str, Any]", _plain(self))  # subclasses are dataclasses: _plain gives their fields' dict
 
 
+def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of `cls` found in `data` (a newer service may send more; they are left out)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
 @dataclass(frozen=True)
 class ModelInfo(_Serializable):
     path: str
     name: str | None
     sha256: str
     quantization: str | None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelInfo:
+        return cls(**_known(cls, data))
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,13 @@ class Judgment(_Serializable):
     # The full reply as the model produced it, `<think>` to `</answer>`.
     output: str = ""
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Judgment:
+        fields = _known(cls, data)
+        if fields.get("pair") is not None:
+            fields["pair"] = tuple(fields["pair"])
+        return cls(**fields)
+
 
 @dataclass(frozen=True)
 class Comparison(_Serializable):
@@ -64,6 +82,10 @@ class Comparison(_Serializable):
     b: int
     winner: Winner
     p_a: float
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Comparison:
+        return cls(**_known(cls, data))
 
 
 @dataclass
@@ -78,6 +100,13 @@ class Timings(_Serializable):
     # Prompt tokens whose KV was read from the on-disk head cache instead of computed.
     restored_tokens: int = 0
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Timings:
+        return cls(**_known(cls, data))
+
+
+J = TypeVar("J", bound="JudgeResult")
+
 
 @dataclass
 class JudgeResult(_Serializable):
@@ -86,6 +115,19 @@ class JudgeResult(_Serializable):
     model: ModelInfo | None = field(default=None, kw_only=True)
     settings: dict[str, Any] = field(default_factory=dict, kw_only=True)
     timings: Timings = field(default_factory=Timings, kw_only=True)
+
+    @classmethod
+    def from_dict(cls: type[J], data: Mapping[str, Any]) -> J:
+        """The result a `to_dict()` came from (what the service sends back)."""
+        fields = _known(cls, data)
+        fields["model"] = ModelInfo.from_dict(data["model"]) if data.get("model") else None
+        fields["settings"] = dict(data.get("settings") or {})
+        fields["timings"] = Timings.from_dict(data.get("timings") or {})
+        if "judgments" in fields:
+            fields["judgments"] = [Judgment.from_dict(j) for j in fields["judgments"]]
+        if "comparisons" in fields:
+            fields["comparisons"] = [Comparison.from_dict(c) for c in fields["comparisons"]]
+        return cls(**fields)
 
 
 @dataclass

@@ -40,6 +40,7 @@ class ProgramFuture(Generic[R]):
         self._value: Any = None
         self.error: BaseException | None = None
         self.handles: list[RequestHandle] = []
+        self.cancelled = False
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -64,6 +65,8 @@ class ProgramFuture(Generic[R]):
         return self.error if self.error is not None else self._value
 
     def cancel(self) -> None:
+        """Stop the program: its generations now, and it asks for no more (a ranking's next round)."""
+        self.cancelled = True
         for handle in self.handles:
             handle.cancel()
 
@@ -103,6 +106,10 @@ class Runner:
             if asks:
                 break
             generations = []
+        if active.future.cancelled:
+            active.program.close()
+            active.future.set_error(Cancelled("the program was cancelled"))
+            return
         handles: list[RequestHandle] = []
         try:
             for ask in asks:
@@ -115,6 +122,9 @@ class Runner:
             return
         active.handles = handles
         active.future.handles = handles
+        if active.future.cancelled:  # cancelled while these were being submitted
+            for handle in handles:
+                handle.cancel()
         self._active.append(active)
 
     def _collect(self) -> bool:

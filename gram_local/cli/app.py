@@ -11,6 +11,7 @@ from gram_local.cli.doctor import doctor
 from gram_local.cli.evals import eval_group
 from gram_local.cli.judge import best_of_n, compare, prompt, rank, vote
 from gram_local.cli.models import models_group
+from gram_local.cli.serve import mcp_command, serve_command
 from gram_local.convert.__main__ import convert_command
 
 
@@ -24,5 +25,6 @@ def main() -> None:
     """
 
 
-for command in (compare, vote, rank, best_of_n, prompt, doctor, batch_command, eval_group, bench_command, models_group, convert_command):
+for command in (compare, vote, rank, best_of_n, prompt, doctor, batch_command, eval_group, bench_command, models_group,
+                convert_command, serve_command, mcp_command):
     main.add_command(command)
