@@ -69,6 +69,10 @@ class LlamaVocab:
     def is_special(self, token: int) -> bool:
         return token in self.special_set
 
+    def is_eog(self, token: int) -> bool:
+        """An end-of-generation token (EOS, end of turn): what a server samples once a grammar is done."""
+        return bool(llama.llama_vocab_is_eog(self._ptr, token))
+
     @property
     def bos_id(self) -> int:
         return int(llama.llama_vocab_bos(self._ptr))
