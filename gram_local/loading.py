@@ -72,6 +72,7 @@ def connect_judge(
     """
     from gram_local.remote import open_backend
     from gram_local.store import resolve_model, validate_gguf
+    from gram_local.store.gguf_header import file_type_name
 
     remote_settings = remote or RemoteSettings(base_urls=tuple(base_urls), api_key=api_key)
     if remote is not None and (base_urls or api_key):
@@ -84,7 +85,7 @@ def connect_judge(
             path=str(resolved.path),
             name=resolved.name,
             sha256=resolved.sha256,
-            quantization=resolved.quant or _quant_name(server.model.description()),
+            quantization=resolved.quant or file_type_name(resolved.path),
         )
         return Judge(server, model=info, settings=settings)
     except BaseException:

@@ -16,7 +16,7 @@ import threading
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
 from gram_local.backend import Backend, Generation, GenerationRequest, RequestHandle, RequestState, SamplerSpec, TextCallback, Vocabulary
@@ -24,10 +24,20 @@ from gram_local.config import RemoteSettings
 from gram_local.engine.native import LlamaModel
 from gram_local.engine.vocab import LlamaVocab
 from gram_local.errors import BackendError, Cancelled, ContextOverflowError, InputError
+from gram_local.grammar import ANSWER_OPEN, THINK_CLOSE, forced_close_text, reached_answer_slot
 from gram_local.remote.http import Lease, ReplicaPool
 
 _WAIT_CAP = 0.25
 """Longest a waiter sleeps before looking again (a safety net under the condition's notifications)."""
+
+
+@dataclass
+class Think:
+    """A think reply: the generated ids, why it stopped, and where its prefix stays cached."""
+
+    tokens: list[int]
+    stopped: str
+    pin: Any = None
 
 
 def answer_from_pair(sampler: SamplerSpec, logprob_a: float, logprob_b: float) -> str:
@@ -75,10 +85,19 @@ class RemoteBackend(Backend):
             self.pool.close()
             self.model.close()
             raise
-        facts = self.vocab.facts()
         self.n_ctx_seq = n_ctx_seq
-        self._vocabulary = replace(facts, n_ctx_train=min(facts.n_ctx_train, n_ctx_seq))
+        self._vocabulary = self.vocab.facts(n_ctx_train=min(self.n_ctx_train, n_ctx_seq))
         self._executor = ThreadPoolExecutor(max_workers=self.pool.capacity, thread_name_prefix=f"gram-local-{self.kind}")
+
+    @property
+    def n_ctx_train(self) -> int:
+        """The model's trained context, from the GGUF's metadata (a vocabulary-only load reads no
+        hyperparameters)."""
+        values = self.model.metadata()
+        try:
+            return int(values[f"{values.get('general.architecture', 'llama')}.context_length"])
+        except (KeyError, ValueError):
+            return 0
 
     # ------------------------------------------------------------ for subclasses
 
@@ -88,8 +107,57 @@ class RemoteBackend(Backend):
         context one request may fill."""
 
     @abstractmethod
+    def _think(self, lease: Lease, request: GenerationRequest) -> Think:
+        """The think text under the grammar, up to the budget (end-of-generation tokens dropped)."""
+
+    @abstractmethod
+    def _answer_logprobs(self, lease: Lease, tokens: list[int], pin: Any) -> tuple[float, float]:
+        """A's and B's log-probabilities after `tokens` (the prompt up to the answer slot)."""
+
     def _generate(self, lease: Lease, handle: RequestHandle) -> Generation:
-        """Run one request on the leased replica (its think text, then its answer slot)."""
+        """The think text, the closing the budget forces (if any), then the answer slot, as the local
+        engine produces them."""
+        request = handle.request
+        generated: list[int] = []
+        closing, closing_ids, text, pin = "", [], "", None
+        if not request.at_answer_slot:
+            if request.max_think_tokens > 0:
+                think = self._think(lease, request)
+                generated, pin = think.tokens, think.pin
+                text = self.vocab.detokenize(generated)
+                self.check_reply(text, think, request)
+                self.emit_pieces(handle, generated)
+            if not reached_answer_slot(text):
+                closing = forced_close_text(text)
+                closing_ids = self.vocab.tokenize(closing)
+        self.check_cancel(handle)
+        logprob_a, logprob_b = self._answer_logprobs(lease, list(request.prompt) + generated + closing_ids, pin)
+        return Generation(
+            text=text + closing,
+            closing_text=closing,
+            think_tokens=len(generated),
+            forced_close=bool(closing_ids) or request.at_answer_slot,
+            answer=answer_from_pair(request.sampler, logprob_a, logprob_b),
+            logit_a=logprob_a,
+            logit_b=logprob_b,
+            tokens=generated + closing_ids,
+        )
+
+    def check_reply(self, text: str, think: Think, request: GenerationRequest) -> None:
+        """A think text must follow the grammar: closed exactly at its end, or cut by the budget with
+        no closing inside. Anything else means the server did not apply the grammar."""
+        close_at = text.find(THINK_CLOSE)
+        if reached_answer_slot(text):
+            closed_early = False
+        elif close_at >= 0:
+            closed_early = not ANSWER_OPEN.startswith(text[close_at + len(THINK_CLOSE):]) or len(think.tokens) < request.max_think_tokens
+        else:
+            closed_early = len(think.tokens) < request.max_think_tokens
+        if closed_early:
+            raise BackendError(
+                f"the server did not enforce the reply format (the think text stopped with {think.stopped!r} after "
+                f"{len(think.tokens)} of {request.max_think_tokens} tokens: {text[-80:]!r}); refusing to read a verdict from it"
+            )
 
     def check_cancel(self, handle: RequestHandle) -> None:
         if handle.cancel_requested or handle.done():

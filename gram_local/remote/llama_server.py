@@ -16,11 +16,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gram_local.backend import Generation, RequestHandle
+from gram_local.backend import GenerationRequest
 from gram_local.config import ANSWER_TOP_K
 from gram_local.errors import BackendError
-from gram_local.grammar import forced_close_text, reached_answer_slot, think_grammar
-from gram_local.remote.base import RemoteBackend, answer_from_pair, pair_logprobs
+from gram_local.grammar import think_grammar
+from gram_local.remote.base import RemoteBackend, Think, pair_logprobs
 from gram_local.remote.http import HttpStatusError, Lease, Replica
 
 _PROBES = ("A", "B", " A", "</think>\n<answer>\n", "Hello, world! 123", "日本語 café — naïve\t\n\n", "<|im_end|>")
@@ -120,42 +120,13 @@ class LlamaServerBackend(RemoteBackend):
 
     # ------------------------------------------------------------ one generation
 
-    def _generate(self, lease: Lease, handle: RequestHandle) -> Generation:
-        request = handle.request
-        prompt = list(request.prompt)
-        generated: list[int] = []
-        closing_ids: list[int] = []
-        closing = ""
-        text = ""
-        pinned: tuple[Replica, int] | None = None
-        if not request.at_answer_slot:
-            if request.max_think_tokens > 0:
-                reply = self.pool.post(lease, "/completion", lambda _: self._think_body(prompt, request))
-                generated, slot = self._read_think(reply, lease)
-                if isinstance(slot, int) and not lease.moved:
-                    pinned = (lease.replica, slot)
-                text = self.vocab.detokenize(generated)
-                self.emit_pieces(handle, generated)
-                if not reached_answer_slot(text) and len(generated) < request.max_think_tokens and request.allow_close:
-                    raise BackendError(f"{lease.replica.public} stopped the think text early ({reply.get('stop_type')!r})")
-            if not reached_answer_slot(text):
-                closing = forced_close_text(text)
-                closing_ids = self.vocab.tokenize(closing)
-        self.check_cancel(handle)
-        at_slot = prompt + generated + closing_ids
-        logprob_a, logprob_b = self._answer_slot(lease, at_slot, pinned)
-        return Generation(
-            text=text + closing,
-            closing_text=closing,
-            think_tokens=len(generated),
-            forced_close=bool(closing_ids) or request.at_answer_slot,
-            answer=answer_from_pair(request.sampler, logprob_a, logprob_b),
-            logit_a=logprob_a,
-            logit_b=logprob_b,
-            tokens=generated + closing_ids,
-        )
+    def _think(self, lease: Lease, request: GenerationRequest) -> Think:
+        reply = self.pool.post(lease, "/completion", lambda _: self._think_body(list(request.prompt), request))
+        tokens, slot = self._read_think(reply, lease)
+        pin = (lease.replica, slot) if isinstance(slot, int) and not lease.moved else None
+        return Think(tokens, stopped=str(reply.get("stop_type")), pin=pin)
 
-    def _think_body(self, prompt: list[int], request: Any) -> dict[str, Any]:
+    def _think_body(self, prompt: list[int], request: GenerationRequest) -> dict[str, Any]:
         sampler = request.sampler
         return {
             "prompt": prompt,
@@ -183,7 +154,8 @@ class LlamaServerBackend(RemoteBackend):
         slot = reply.get("id_slot")
         return tokens, slot if isinstance(slot, int) else None
 
-    def _answer_slot(self, lease: Lease, tokens: list[int], pinned: tuple[Replica, int] | None) -> tuple[float, float]:
+    def _answer_logprobs(self, lease: Lease, tokens: list[int], pin: Any) -> tuple[float, float]:
+        pinned: tuple[Replica, int] | None = pin
         top_k = ANSWER_TOP_K
         vocab = self.vocab
         while True:
