@@ -67,7 +67,9 @@ class OpenAIBackend(RemoteBackend):
     def _connect(self) -> tuple[dict[str, Any], int]:
         seen = [self._check_replica(r) for r in self.pool.replicas]
         if len({(s["served_model"]["id"], s["field"]) for s in seen}) > 1:
-            listing = "; ".join(f"{r.public}: {s['served_model']['id']} (vLLM {s['server_version']})" for r, s in zip(self.pool.replicas, seen))
+            listing = "; ".join(
+                f"{r.public}: {s['served_model']['id']} (vLLM {s['server_version']})" for r, s in zip(self.pool.replicas, seen)
+            )
             raise BackendError(f"the replicas differ in model or grammar field ({listing})")
         self._model_id = seen[0]["served_model"]["id"]
         self._field = seen[0]["field"]
