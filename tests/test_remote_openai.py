@@ -105,3 +105,35 @@ def test_a_server_of_another_vocabulary_is_refused(tiny_llama3_gguf: Path, smoll
             openai_judge(smollm2_path, other.url)
     finally:
         other.close()
+
+
+@pytest.mark.parametrize("stub", [{"version": "0.11.0"}], indirect=True)
+def test_the_cli_judges_through_replicas_given_by_the_environment(stub: VllmStub, smollm2_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from gram_local.cli.app import main
+
+    second = VllmStub(str(smollm2_path), version="0.11.0")
+    try:
+        env = {"GRAM_LOCAL_BASE_URL": f"{stub.url} {second.url}", "GRAM_LOCAL_API_KEY": "k"}
+        args = ["compare", "-q", QUESTION, "-a", A, "-b", B, "--swap", "--json", "--model", str(smollm2_path),
+                "--backend", "openai", "--max-think-tokens", "64"]
+        result = CliRunner().invoke(main, args, env=env)
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.output.strip().splitlines()[-1])
+        assert record["settings"]["server"]["base_urls"] == [stub.url, second.url]
+        assert record["winner"] in ("a", "b", "tie")
+    finally:
+        second.close()
+
+
+def test_a_base_url_without_a_remote_backend_is_a_usage_error(smollm2_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from gram_local.cli.app import main
+
+    result = CliRunner().invoke(main, ["compare", "-q", QUESTION, "-a", A, "-b", B, "--model", str(smollm2_path),
+                                       "--base-url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "--base-url needs --backend" in result.output
