@@ -157,7 +157,10 @@ class ReplicaPool:
             self._release(lease.replica)
 
     def _mark_down(self, replica: Replica, delay: float) -> None:
+        """Leave a failing replica alone for a while: longer the more often it failed in a row."""
+        s = self.settings
         with self._cond:
+            delay = max(delay, backoff_delay(replica.failures, s.backoff, s.backoff_max, self._rng))
             replica.failures += 1
             replica.down_until = max(replica.down_until, time.monotonic() + delay)
             self._cond.notify_all()
