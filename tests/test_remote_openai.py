@@ -137,3 +137,17 @@ def test_a_base_url_without_a_remote_backend_is_a_usage_error(smollm2_path: Path
     result = CliRunner().invoke(main, ["compare", "-q", QUESTION, "-a", A, "-b", B, "--model", str(smollm2_path),
                                        "--base-url", "http://127.0.0.1:9"])
     assert result.exit_code == 2 and "--base-url needs --backend" in result.output
+
+
+@pytest.mark.parametrize("stub", [{"delay": 5.0}], indirect=True)
+def test_a_cancelled_request_ends_at_once_and_its_reply_is_dropped(stub: VllmStub, smollm2_path: Path) -> None:
+    from gram_local.backend import GenerationRequest, RequestState
+
+    judge = openai_judge(smollm2_path, stub.url)
+    backend = judge.backend
+    handle = backend.submit(GenerationRequest(prompt=judge.prompt(QUESTION, A, B).tokens, max_think_tokens=8))
+    handle.cancel()
+    backend.wait([handle], timeout=2.0)  # the server answers only after 5 s
+    assert handle.state is RequestState.CANCELLED and handle.generation is None
+    judge.close()
+    assert handle.generation is None

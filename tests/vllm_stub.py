@@ -20,6 +20,7 @@ At one-token requests it reports fixed log-probabilities for A and B.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from servers import StubServer
@@ -38,7 +39,7 @@ def _version(text: str) -> tuple[int, ...]:
 
 class VllmStub:
     def __init__(self, gguf: str, *, version: str = "0.10.1", model_id: str = "gram-rr", max_model_len: int = 4096,
-                 honour_grammar: bool = True, answer_in_top: bool = True) -> None:
+                 honour_grammar: bool = True, answer_in_top: bool = True, delay: float = 0.0) -> None:
         self.model = LlamaModel(gguf, vocab_only=True)
         self.vocab = LlamaVocab(self.model)
         self.version = version
@@ -46,6 +47,7 @@ class VllmStub:
         self.max_model_len = max_model_len
         self.honour_grammar = honour_grammar
         self.answer_in_top = answer_in_top
+        self.delay = delay  # seconds each completion takes (a busy server)
         self.completions: list[dict[str, Any]] = []
         self.server = StubServer(self.route)
         self.url = self.server.url
@@ -68,6 +70,7 @@ class VllmStub:
             return 200, {}, {"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens}
         if (method, path) == ("POST", "/v1/completions"):
             self.completions.append(body)
+            time.sleep(self.delay)
             return self.complete(body)
         return 404, {}, {"detail": "Not Found"}
 

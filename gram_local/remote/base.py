@@ -3,7 +3,8 @@
 Prompts are rendered and tokenized here, with the same GGUF the server runs (loaded vocabulary-only):
 a server is sent token ids, never the judged texts as strings (a server parses special-token text in
 strings). Each request runs on a worker thread, one per place in flight over all replicas; whoever
-waits for a result waits on the backend's condition until some request has ended.
+waits for a result waits on the backend's condition until some request has ended. A cancelled
+request ends at once; its reply, if one comes, is dropped.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 import codecs
 import math
 import os
+import queue
 import random
 import threading
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ from gram_local.errors import BackendError, Cancelled, ContextOverflowError, Inp
 from gram_local.grammar import ANSWER_OPEN, THINK_CLOSE, forced_close_text, reached_answer_slot
 from gram_local.remote.http import Lease, ReplicaPool
 
+_CLOSE_GRACE = 2.0
+"""Seconds `close` waits for requests in flight before leaving them to finish on their own."""
 _WAIT_CAP = 0.25
 """Longest a waiter sleeps before looking again (a safety net under the condition's notifications)."""
 
@@ -78,6 +81,8 @@ class RemoteBackend(Backend):
         self._pending: set[RequestHandle] = set()
         self._changed = False
         self._closed = False
+        self._workers = threading.Condition()
+        self._active = 0
         self.pool = ReplicaPool(settings, on_event=self._count)
         try:
             self._identity, n_ctx_seq = self._connect()
@@ -87,7 +92,14 @@ class RemoteBackend(Backend):
             raise
         self.n_ctx_seq = n_ctx_seq
         self._vocabulary = self.vocab.facts(n_ctx_train=min(self.n_ctx_train, n_ctx_seq))
-        self._executor = ThreadPoolExecutor(max_workers=self.pool.capacity, thread_name_prefix=f"gram-local-{self.kind}")
+        # Daemon threads: a request still waiting on a server never holds up the process's exit.
+        self._queue: queue.SimpleQueue[RequestHandle | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._worker_loop, name=f"gram-local-{self.kind}-{i}", daemon=True)
+            for i in range(self.pool.capacity)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def n_ctx_train(self) -> int:
@@ -218,21 +230,38 @@ class RemoteBackend(Backend):
         handle = RequestHandle(self, request, on_text)
         with self._lock:
             self._pending.add(handle)
-        self._executor.submit(self._work, handle)
+        self._queue.put(handle)
         return handle
 
+    def _worker_loop(self) -> None:
+        while True:
+            handle = self._queue.get()
+            if handle is None:
+                return
+            self._work(handle)
+
     def _work(self, handle: RequestHandle) -> None:
-        if handle.cancel_requested or handle.done():
-            self._end(handle, None, Cancelled("the request was cancelled"))
-            return
-        handle.set_state(RequestState.DECODING)
+        with self._workers:
+            if self._closed:
+                return
+            self._active += 1
         try:
-            with self.pool.lease() as lease:
-                generation = self._generate(lease, handle)
-        except BaseException as exc:  # noqa: BLE001 - the request's own failure ends only that request
-            self._end(handle, None, exc)
-        else:
-            self._end(handle, generation, None)
+            if handle.cancel_requested or handle.done():
+                self._end(handle, None, Cancelled("the request was cancelled"))
+                return
+            handle.set_state(RequestState.DECODING)
+            try:
+                with self.pool.lease() as lease:
+                    self.check_cancel(handle)
+                    generation = self._generate(lease, handle)
+            except BaseException as exc:  # noqa: BLE001 - the request's own failure ends only that request
+                self._end(handle, None, exc)
+            else:
+                self._end(handle, generation, None)
+        finally:
+            with self._workers:
+                self._active -= 1
+                self._workers.notify_all()
 
     def _end(self, handle: RequestHandle, generation: Generation | None, error: BaseException | None) -> None:
         with self._lock:
@@ -283,6 +312,13 @@ class RemoteBackend(Backend):
                     handle.mark_cancelled()
             self._pending.clear()
         self.notify_progress()
-        self.pool.close()  # requests in flight fail at once; their workers end
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        self.model.close()
+        for _ in self._threads:
+            self._queue.put(None)
+        self.pool.close()
+        # Workers read the vocabulary after their replies: free it only once none runs. One still
+        # waiting on a server after the grace keeps it (its reply is dropped; the process is
+        # usually ending).
+        with self._workers:
+            self._workers.wait_for(lambda: self._active == 0, timeout=_CLOSE_GRACE)
+            if self._active == 0:
+                self.model.close()
