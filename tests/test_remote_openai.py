@@ -151,3 +151,24 @@ def test_a_cancelled_request_ends_at_once_and_its_reply_is_dropped(stub: VllmStu
     assert handle.state is RequestState.CANCELLED and handle.generation is None
     judge.close()
     assert handle.generation is None
+
+
+@pytest.mark.parametrize("stub", [{"version": "0.10.2"}], indirect=True)
+def test_eval_judgebench_runs_unchanged_on_a_server(stub: VllmStub, smollm2_path: Path, tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+    from test_eval_cli import write_judgebench
+
+    import gram_local.cli.evals as cli_evals
+
+    data = write_judgebench(tmp_path / "jb")
+    out = tmp_path / "jb.jsonl"
+    args = ["judgebench", "--data", str(data.parent), "-o", str(out), "--limit", "2", "--json", "--model", str(smollm2_path),
+            "--backend", "openai", "--base-url", stub.url, "--max-think-tokens", "64"]
+    result = CliRunner().invoke(cli_evals.eval_group, args)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records and all(r["status"] == "ok" for r in records)
+    assert all(r["run_settings"]["server"]["grammar_field"] == "structured_outputs" for r in records)
+    assert len([b for b in stub.completions if b["max_tokens"] > 1]) == 2 * len(records)  # both orders of each pair
