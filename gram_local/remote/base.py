@@ -142,6 +142,8 @@ class RemoteBackend(Backend):
             if not reached_answer_slot(text):
                 closing = forced_close_text(text)
                 closing_ids = self.vocab.tokenize(closing)
+                if generated:
+                    self._settle(lease, list(request.prompt) + generated, pin)
         self.check_cancel(handle)
         logprob_a, logprob_b = self._answer_logprobs(lease, list(request.prompt) + generated + closing_ids, pin)
         return Generation(
@@ -154,6 +156,11 @@ class RemoteBackend(Backend):
             logit_b=logprob_b,
             tokens=generated + closing_ids,
         )
+
+    def _settle(self, lease: Lease, tokens: list[int], pin: Any) -> None:
+        """Before a forced closing: a server that can should evaluate the last generated token on
+        its own, as the local engine does (the closing then follows as one batch, and the answer
+        slot's logits match). By default nothing."""
 
     def check_reply(self, text: str, think: Think, request: GenerationRequest) -> None:
         """A think text must follow the grammar: closed exactly at its end, or cut by the budget with
