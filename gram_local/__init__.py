@@ -30,9 +30,11 @@ del _package, _checkout
 __all__ = [
     "__version__",
     "load_judge",
+    "connect_judge",
     "Judge",
     "JudgeSettings",
     "EngineSettings",
+    "RemoteSettings",
     "CompareResult",
     "VoteResult",
     "RankResult",
@@ -46,6 +48,8 @@ __all__ = [
 
 _LAZY = {
     "load_judge": "gram_local.loading",
+    "connect_judge": "gram_local.loading",
+    "RemoteSettings": "gram_local.config",
     "Judge": "gram_local.judge",
     "JudgeSettings": "gram_local.config",
     "EngineSettings": "gram_local.config",
@@ -61,10 +65,10 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gram_local.config import EngineSettings, JudgeSettings
+    from gram_local.config import EngineSettings, JudgeSettings, RemoteSettings
     from gram_local.errors import GramLocalError, InputError, ModelError
     from gram_local.judge import Judge
-    from gram_local.loading import load_judge
+    from gram_local.loading import connect_judge, load_judge
     from gram_local.results import BestOfNResult, CompareResult, Judgment, PromptView, RankResult, VoteResult
 
 

@@ -233,6 +233,8 @@ class Backend(ABC):
     """What the judge needs from an engine. Thread-safe: requests may come from several threads."""
 
     kind: str = "?"
+    # A server over HTTP: its identity (URLs, version, served model) goes into every result.
+    remote: bool = False
 
     def __init__(self) -> None:
         self.stats = BackendStats()

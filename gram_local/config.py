@@ -27,6 +27,14 @@ ENV_DEBUG = "GRAM_LOCAL_DEBUG"
 """Set: unexpected failures print their traceback."""
 ENV_API_KEY = "GRAM_LOCAL_API_KEY"
 """Bearer token of `gram-local serve` (required to listen beyond this machine), of its client, and of remote backends."""
+ENV_BACKEND = "GRAM_LOCAL_BACKEND"
+"""Which backend judges: llama.cpp (in this process), llama-server or openai (`--backend`)."""
+ENV_BASE_URL = "GRAM_LOCAL_BASE_URL"
+"""Remote backends: the server's base URL; several separated by spaces (`--base-url`, repeatable)."""
+ENV_LLAMA_SERVER = "GRAM_LOCAL_LLAMA_SERVER"
+"""Tests: the llama-server binary the remote-backend tests start on 127.0.0.1."""
+ENV_CI = "CI"
+"""Set by CI: tests that need a tool (the llama-server binary) fail instead of skipping without it."""
 ENV_CPU_FLAGS_FILE = "GRAM_LOCAL_CPU_FLAGS_FILE"
 """A recorded /proc/cpuinfo (or `sysctl -a`) to check the build against instead of this machine's."""
 ENV_SKIP_CPU_CHECK = "GRAM_LOCAL_SKIP_CPU_CHECK"
@@ -84,6 +92,18 @@ DEFAULT_GRACE = 10
 """Seconds a stopping service gives requests in flight before cancelling them."""
 RETRY_AFTER = 5
 """Seconds a 503 asks a client to wait before retrying."""
+
+BACKENDS: tuple[str, ...] = ("llama.cpp", "llama-server", "openai")
+DEFAULT_BACKEND = "llama.cpp"
+REMOTE_TIMEOUT = 600.0
+"""Seconds one HTTP request to a remote backend may take (a long think on a busy server)."""
+REMOTE_RETRIES = 6
+"""Attempts after the first for a request that met a connection error, 429 or 503."""
+REMOTE_BACKOFF = 0.5
+"""Seconds before the first retry; doubled on each next one (with jitter), up to REMOTE_BACKOFF_MAX."""
+REMOTE_BACKOFF_MAX = 30.0
+ANSWER_TOP_K = 40
+"""Top log-probabilities asked for at the answer slot; raised once if A or B is not among them."""
 
 KvType = Literal["f16", "q8_0", "f32"]
 KV_TYPES: tuple[str, ...] = ("f16", "q8_0", "f32")
@@ -168,3 +188,27 @@ class EngineSettings:
             raise InputError("the batch size must be at least 1")
         if self.kv_type not in KV_TYPES:
             raise InputError(f"kv-type must be one of {', '.join(KV_TYPES)}")
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """How a remote backend talks to its servers: none of these changes what a verdict means."""
+
+    base_urls: tuple[str, ...] = ()
+    api_key: str | None = None
+    # Requests in flight per replica; None: as many as the server has slots.
+    per_replica: int | None = None
+    timeout: float = REMOTE_TIMEOUT
+    retries: int = REMOTE_RETRIES
+    backoff: float = REMOTE_BACKOFF
+    backoff_max: float = REMOTE_BACKOFF_MAX
+
+    def __post_init__(self) -> None:
+        if not self.base_urls:
+            raise InputError("a remote backend needs at least one --base-url")
+        if self.per_replica is not None and self.per_replica < 1:
+            raise InputError("per-replica must be at least 1")
+        if not self.timeout > 0:
+            raise InputError("the request timeout must be more than 0 seconds")
+        if self.retries < 0 or self.backoff < 0 or self.backoff_max < 0:
+            raise InputError("retries and backoff must be 0 or more")

@@ -67,7 +67,7 @@ class Judge:
     def settings_record(self, settings: JudgeSettings | None = None) -> dict[str, Any]:
         """What produced a result: enough to tell whether two results are comparable."""
         s = settings or self.settings
-        return {
+        record: dict[str, Any] = {
             "model_sha256": self.model.sha256,
             "quantization": self.model.quantization,
             "chat_format": self.chat_format,
@@ -81,6 +81,9 @@ class Judge:
             "backend": self.backend.kind,
             "gram_local_version": __version__,
         }
+        if self.backend.remote:
+            record["server"] = {k: v for k, v in self.backend.identity().items() if k != "kind"}
+        return record
 
     def _with(self, **overrides: Any) -> JudgeSettings:
         return with_overrides(self.settings, **overrides)

@@ -15,7 +15,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["GRAM_LOCAL_HOME"] = tempfile.mkdtemp(prefix="gram-local-test-home-")
 
-MODEL_FIXTURES = {"smollm2_path", "tiny_llama3_gguf", "smollm2_judge", "llama3_judge", "judge", "tiny_llama3_checkpoint"}
+MODEL_FIXTURES = {"smollm2_path", "tiny_llama3_gguf", "smollm2_judge", "llama3_judge", "judge", "tiny_llama3_checkpoint",
+                  "llama_server_bin", "server_np1", "server_np2"}
 TORCH_MODULES = {"test_convert_fidelity", "test_convert_numerics"}
 
 

@@ -68,6 +68,10 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1] if prefix else "": value}
 
 
+RESUMABLE_ACROSS = frozenset({"server.base_urls"})
+"""Recorded but free to change between runs of one job: a resumed job may run on other replicas."""
+
+
 def settings_differences(old: Any, new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Dotted keys whose values differ between two settings records (missing keys show as None)."""
     old_flat = _flatten(old if isinstance(old, dict) else {})
@@ -75,5 +79,5 @@ def settings_differences(old: Any, new: Mapping[str, Any]) -> dict[str, tuple[An
     return {
         key: (old_flat.get(key), new_flat.get(key))
         for key in sorted(set(old_flat) | set(new_flat))
-        if old_flat.get(key) != new_flat.get(key)
+        if old_flat.get(key) != new_flat.get(key) and key not in RESUMABLE_ACROSS
     }

@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,6 +16,9 @@ from gram_local.batch import BatchSummary, TaskDefaults, parse_shard, read_tasks
 from gram_local.cli.common import handle_errors, judge_options, open_judge
 from gram_local.cli.display import BatchProgress
 from gram_local.config import DEFAULT_PARALLEL
+
+if TYPE_CHECKING:
+    from gram_local.judge import Judge
 from gram_local.operations import METHODS
 
 
@@ -37,9 +40,14 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def in_flight_for(opts: dict[str, Any], chunk_size: int | None) -> int:
-    """Tasks judged at once: as many as the engine decodes together, unless told otherwise."""
-    return chunk_size or opts.get("parallel") or DEFAULT_PARALLEL
+def in_flight_for(opts: dict[str, Any], chunk_size: int | None, judge: Judge | None = None) -> int:
+    """Tasks judged at once: as many as the engine decodes together, unless told otherwise; on
+    servers, twice their places in flight, so a place freed is taken at once."""
+    if chunk_size:
+        return chunk_size
+    if judge is not None and judge.backend.remote:
+        return 2 * max(getattr(judge.backend, "parallel", 1), 1)
+    return opts.get("parallel") or DEFAULT_PARALLEL
 
 
 def report_summary(summary: BatchSummary) -> None:
@@ -105,8 +113,8 @@ def batch_command(
             limit=limit,
             shard=shard_spec,
             defaults=defaults,
-            in_flight=in_flight_for(opts, chunk_size),
-            progress=BatchProgress(),
+            in_flight=in_flight_for(opts, chunk_size, judge),
+            progress=BatchProgress(backend=judge.backend),
             source=input_path,
         )
     report_summary(summary)

@@ -64,6 +64,8 @@ def bench_command(
             f"{', '.join(given)} would change the fixed workload; the benchmark is greedy except the vote "
             "(temperature 0.6, top-p 0.9) and uses --think-tokens for the budget"
         )
+    if opts.get("backend", "llama.cpp") != "llama.cpp" or opts.get("base_urls"):
+        raise click.UsageError("bench measures the in-process engine; time a server with `gram-local batch --backend ...`")
     operations = parse_operations(ops)
     spec = WorkloadSpec(question_tokens=question_tokens, response_tokens=response_tokens,
                         think_tokens=think_tokens, seed=opts["seed"])

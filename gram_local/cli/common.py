@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 import click
 
 from gram_local import config
-from gram_local.config import EngineSettings, JudgeSettings
+from gram_local.config import EngineSettings, JudgeSettings, RemoteSettings
 from gram_local.config import env_name as env_name_of
 from gram_local.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, GramLocalError, InputError
 
@@ -30,7 +30,18 @@ def judge_options(func: F) -> F:
     """The model, sampling, budget and engine options of every judging command (after its name)."""
     options = [
         _opt("--model", "-m", env_name="model", default=config.DEFAULT_MODEL, show_default=True,
-             help="GGUF path, or a model name from the store."),
+             help="GGUF path, or a model name from the store (with a server: the served model's GGUF, "
+                  "used here for its vocabulary only)."),
+        _opt("--backend", env_name="backend", type=click.Choice(config.BACKENDS), default=config.DEFAULT_BACKEND,
+             show_default=True,
+             help="Where the model runs: in this process, on llama-server, or on an OpenAI-compatible server (vLLM, SGLang)."),
+        _opt("--base-url", "base_urls", env_name="base_url", multiple=True, metavar="URL",
+             help="A server's base URL (repeat for replicas; the variable takes several separated by spaces)."),
+        _opt("--api-key", env_name="api_key", default=None, help="Bearer token for the servers."),
+        _opt("--per-replica", env_name="per_replica", type=click.IntRange(min=1), default=None,
+             help="Requests in flight per server [default: the server's slots (llama-server), 8 (openai)]."),
+        _opt("--request-timeout", env_name="request_timeout", type=click.FloatRange(min=0, min_open=True),
+             default=config.REMOTE_TIMEOUT, show_default=True, help="Seconds one request to a server may take."),
         _opt("--quant", env_name="quant", default=None,
              help=f"Quantization of a stored model [default: {config.DEFAULT_QUANT}, or the only one stored]."),
         _opt("--temperature", env_name="temperature", type=float, default=None,
@@ -104,10 +115,31 @@ def engine_settings(opts: dict[str, Any], **overrides: Any) -> EngineSettings:
     return EngineSettings(**(values | overrides))
 
 
-def open_judge(opts: dict[str, Any], *, settings: JudgeSettings | None = None, **engine_overrides: Any) -> Judge:
-    """Load the judge the options describe."""
-    from gram_local.loading import load_judge
+def remote_settings(opts: dict[str, Any]) -> RemoteSettings:
+    """How a remote backend reaches its servers, from the options."""
+    return RemoteSettings(
+        base_urls=tuple(opts.get("base_urls") or ()),
+        api_key=opts.get("api_key") or None,
+        per_replica=opts.get("per_replica"),
+        timeout=opts.get("request_timeout") or config.REMOTE_TIMEOUT,
+    )
 
+
+def open_judge(opts: dict[str, Any], *, settings: JudgeSettings | None = None, **engine_overrides: Any) -> Judge:
+    """Load the judge the options describe (or connect to its servers)."""
+    from gram_local.loading import connect_judge, load_judge
+
+    backend = opts.get("backend") or config.DEFAULT_BACKEND
+    if backend != config.DEFAULT_BACKEND:
+        return connect_judge(
+            opts["model"],
+            backend=backend,
+            quant=opts.get("quant"),
+            settings=settings or judge_settings(opts),
+            remote=remote_settings(opts),
+        )
+    if opts.get("base_urls"):
+        raise InputError("--base-url needs --backend llama-server or --backend openai")
     return load_judge(
         opts["model"],
         quant=opts.get("quant"),

@@ -74,8 +74,10 @@ class BatchProgress:
     often otherwise (so logs of unattended jobs show it too)."""
 
     def __init__(self, out: IO[str] | None = None, *, tty: bool | None = None, interval: float = 30.0,
-                 label: str = "gram-local batch") -> None:
+                 label: str = "gram-local batch", backend: Any = None) -> None:
         self.out = out if out is not None else sys.stderr
+        # A remote backend: the line also shows its requests in flight and failed attempts.
+        self.backend = backend if getattr(backend, "remote", False) else None
         self.tty = self.out.isatty() if tty is None else tty
         self.interval = interval
         self.label = label
@@ -97,9 +99,12 @@ class BatchProgress:
     def advance(self, ok: bool) -> None:
         if not ok:
             self.failed += 1
-            if self._bar is not None:
-                self._bar.set_postfix_str(f"{self.failed} failed", refresh=False)
+        parts = [f"{self.failed} failed"] if self.failed else []
+        if self.backend is not None:
+            parts.append(f"{self.backend.in_flight()} in flight, {self.backend.stats.errors} request errors")
         if self._bar is not None:
+            if parts:
+                self._bar.set_postfix_str(", ".join(parts), refresh=False)
             self._bar.update(1)
 
     def finish(self) -> None:

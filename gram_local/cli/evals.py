@@ -93,7 +93,8 @@ def judgebench_command(
     with terminate_as_interrupt():
         judge = open_judge(opts)
         run = run_judgebench(
-            judge, job, out_path, force=force, in_flight=in_flight_for(opts, chunk_size), progress=BatchProgress(label="judgebench")
+            judge, job, out_path, force=force, in_flight=in_flight_for(opts, chunk_size, judge),
+            progress=BatchProgress(label="judgebench", backend=judge.backend)
         )
     _finish(run, as_json=opts.get("as_json", False), report=report, plot_dir=plot_dir)
 
@@ -126,6 +127,7 @@ def rmbench_command(
     with terminate_as_interrupt():
         judge = open_judge(opts)
         run = run_rmbench(
-            judge, job, out_path, force=force, in_flight=in_flight_for(opts, chunk_size), progress=BatchProgress(label="rm-bench")
+            judge, job, out_path, force=force, in_flight=in_flight_for(opts, chunk_size, judge),
+            progress=BatchProgress(label="rm-bench", backend=judge.backend)
         )
     _finish(run, as_json=opts.get("as_json", False), report=report, plot_dir=plot_dir)

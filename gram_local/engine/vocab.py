@@ -69,6 +69,10 @@ class LlamaVocab:
     def is_special(self, token: int) -> bool:
         return token in self.special_set
 
+    def is_eog(self, token: int) -> bool:
+        """An end-of-generation token (EOS, end of turn): what a server samples once a grammar is done."""
+        return bool(llama.llama_vocab_is_eog(self._ptr, token))
+
     @property
     def bos_id(self) -> int:
         return int(llama.llama_vocab_bos(self._ptr))
@@ -83,7 +87,9 @@ class LlamaVocab:
             raise ModelError(f"the model's vocabulary has no single token for {text!r}; it cannot be a GRAM-RR judge")
         return ids[0]
 
-    def facts(self) -> Vocabulary:
+    def facts(self, *, n_ctx_train: int | None = None) -> Vocabulary:
+        """The vocabulary's facts; `n_ctx_train` given where the model was loaded vocabulary-only
+        (llama.cpp then reads no hyperparameters, and asking for its shape aborts)."""
         return Vocabulary(
             n_vocab=self.n_vocab,
             bos_id=self.bos_id,
@@ -93,5 +99,5 @@ class LlamaVocab:
             special_ids=self.special_set,
             special_texts=self.special_texts,
             chat_template=self._model.chat_template(),
-            n_ctx_train=self._model.shape().n_ctx_train,
+            n_ctx_train=self._model.shape().n_ctx_train if n_ctx_train is None else n_ctx_train,
         )
