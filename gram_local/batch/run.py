@@ -187,10 +187,11 @@ def _judge_all(
 def _programs(judge: Judge, tasks: Sequence[Task]) -> Iterator[Program[Any]]:
     """One program per task, made only when the runner has room for it (memory stays flat)."""
     for task in tasks:
-        yield _program(judge, task)
+        yield task_program(judge, task)
 
 
-def _program(judge: Judge, task: Task) -> Program[Any]:
+def task_program(judge: Judge, task: Task) -> Program[Any]:
+    """The judge program of one (resolved) batch task: a batch file and the service run the same."""
     if task.op == "vote":
         return judge.vote_program(task.question, task.a or "", task.b or "", k=task.votes or DEFAULT_VOTES)
     if task.op == "rank":

@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from gram_local.backend import Backend
 from gram_local.batch.records import error_record, ok_record
+from gram_local.batch.run import task_program
 from gram_local.batch.tasks import Task, TaskDefaults
-from gram_local.config import DEFAULT_VOTES
 from gram_local.errors import GramLocalError
 from gram_local.judge import timings_of
 from gram_local.results import JudgeResult
-from gram_local.runner import Program, ProgramFuture
+from gram_local.runner import ProgramFuture
 from gram_local.service.bodies import JudgeCall
 from gram_local.service.worker import JudgeWorker, Ticket
 
 if TYPE_CHECKING:
-    from gram_local.judge import Judge
+    pass
 
 
 def error_body(error: BaseException) -> dict[str, Any]:
@@ -122,16 +122,6 @@ async def judge_events(worker: JudgeWorker, call: JudgeCall, future: ProgramFutu
         ticket.release()
 
 
-def _program(judge: Judge, task: Task) -> Program[Any]:
-    if task.op == "vote":
-        return judge.vote_program(task.question, task.a or "", task.b or "", k=task.votes or DEFAULT_VOTES)
-    if task.op == "rank":
-        return judge.rank_program(task.question, list(task.responses or ()), method=task.method or "sort", swap=bool(task.swap))
-    if task.op == "best-of-n":
-        return judge.best_of_n_program(task.question, list(task.responses or ()), swap=bool(task.swap))
-    return judge.compare_program(task.question, task.a or "", task.b or "", swap=bool(task.swap))
-
-
 def _line(record: Mapping[str, Any]) -> bytes:
     """One JSONL record, ASCII: a client splitting on any line break (U+2028 too) still gets whole records."""
     return (json.dumps(record) + "\n").encode()
@@ -149,7 +139,7 @@ async def batch_lines(worker: JudgeWorker, tasks: Sequence[Task], defaults: Task
 
     async def start(task: Task) -> None:
         watch = Stopwatch(judge.backend)
-        future = await asyncio.to_thread(worker.start, _program(judge, task))
+        future = await asyncio.to_thread(worker.start, task_program(judge, task))
         running[asyncio.ensure_future(worker.outcome(future, deadline=deadline))] = (task, watch, future)
 
     valid: list[Task] = []
