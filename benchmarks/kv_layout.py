@@ -19,6 +19,8 @@ from pathlib import Path
 
 import llama_cpp as llama
 
+from gram_local.engine.build import amx_compiled
+
 LAYOUTS = {  # name: (kv_unified, flash attention)
     "unified, flash attention": (True, 1),
     "streams, flash attention": (False, 1),
@@ -36,7 +38,9 @@ def main() -> None:
     args = parser.parse_args()
 
     llama.llama_backend_init()
-    model = llama.llama_model_load_from_file(str(args.gguf).encode(), llama.llama_model_default_params())
+    mparams = llama.llama_model_default_params()
+    mparams.use_extra_bufts = not amx_compiled()  # as the engine does: AMX buffers crash
+    model = llama.llama_model_load_from_file(str(args.gguf).encode(), mparams)
     if not model:
         raise SystemExit(f"llama.cpp could not load {args.gguf}")
     n, n_seq = args.prompt_tokens, args.sequences

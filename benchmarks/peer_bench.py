@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     from gram_local.bench import BenchRunner, WorkloadSpec, parse_operations
     from gram_local.config import EngineSettings, JudgeSettings
     from gram_local.engine import Engine
+    from gram_local.engine.build import amx_compiled
     from gram_local.loading import load_judge
 
     def log(message: str) -> None:
@@ -480,7 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
 
     # (d) llama-cpp-python's generator and grammar.
-    if not args.skip_binding:
+    if not args.skip_binding and amx_compiled():
+        # Llama() offers no way to keep the extra buffer types off, and AMX buffers crash.
+        log("(d) llama-cpp-python skipped: this build has AMX kernels (llama.cpp issue 20824)")
+    elif not args.skip_binding:
         log("(d) llama-cpp-python Llama.create_completion")
         results["binding"] = run_binding(args.gguf, prompt, n_ctx=n_ctx, threads=args.threads,
                                          n_gpu_layers=results["n_gpu_layers"], flash_attn=fa != 0,

@@ -26,6 +26,8 @@ from gram_local.runner import Ask, Program
 Order = Literal["AB", "BA"]
 RankMethod = Literal["sort", "round-robin"]
 METHODS: tuple[str, ...] = ("sort", "round-robin")
+# The judge's operations by the names the CLI, batch rows and the service's routes use.
+OPERATIONS: tuple[str, ...] = ("compare", "vote", "rank", "best-of-n")
 T = TypeVar("T")
 ThinkCallback = Callable[[int, str], None]
 """Receives (index of the judgment in the result, think text as it is generated)."""

@@ -3,8 +3,14 @@
 A tiny random checkpoint with every feature of the real one (bf16 shards with an index, GQA,
 llama3 rope scaling, tied embeddings or a separate lm_head, the real Llama-3 vocabulary) is
 converted to F32 and run by llama.cpp with an F32 KV cache; its logits are compared with
-transformers' LlamaForCausalLM in float32 on the same token ids, over the first 64 positions and
-past 8,192, where llama3 rope scaling changes the long-wavelength rotations.
+transformers' LlamaForCausalLM in float64 (the bf16 weights are exact in both) on the same token
+ids, over the first 64 positions and past 8,192, where llama3 rope scaling changes the
+long-wavelength rotations.
+
+The bounds sit between float32 arithmetic and a missing transformation. A run without the rope
+frequency factors is off by about 0.09 in the first 64 positions and 4.6 past 8,192, one without
+the q/k permutation by 6; the F32 model itself was within 1e-5 of the reference on one machine
+and 1.5e-3 (first positions) on another, CPU unknown: the bounds leave room for that spread.
 
 llama.cpp runs with flash attention off: its CPU flash-attention kernel alone moves the logits by
 about 3e-3 at position 0 (where rope plays no part), which would hide what we test here.
@@ -22,12 +28,13 @@ from random_checkpoint import default_tokenizer_json, write_random_checkpoint
 from gram_local.convert import convert_checkpoint
 from gram_local.convert.gguf_info import read_gguf_info
 from gram_local.convert.llama import load_checkpoint, write_gguf
+from gram_local.engine.build import amx_compiled
 
 llama_cpp = pytest.importorskip("llama_cpp")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-SHORT_BOUND, LONG_BOUND = 1e-3, 2e-2
+SHORT_BOUND, LONG_BOUND = 1e-2, 1e-1
 N_TOKENS = 8256
 FIRST = list(range(64))
 LONG = list(range(8192, N_TOKENS, 4))  # 16 positions past the original context of 8,192
@@ -42,6 +49,7 @@ def llama_cpp_logits(gguf_path: Path, tokens: list[int], positions: list[int]) -
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its log callback obeys this
     llama_cpp.llama_backend_init()
     model_params = llama_cpp.llama_model_default_params()
+    model_params.use_extra_bufts = not amx_compiled()  # as the engine does: AMX buffers crash
     model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), model_params)
     assert model, f"llama.cpp could not load {gguf_path}"
     params = llama_cpp.llama_context_default_params()
@@ -75,8 +83,10 @@ def llama_cpp_logits(gguf_path: Path, tokens: list[int], positions: list[int]) -
     return np.stack([found[p] for p in positions])
 
 
-def transformers_logits(checkpoint: Path, tokens: list[int], positions: list[int]) -> np.ndarray:
-    model = transformers.LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+def transformers_logits(
+    checkpoint: Path, tokens: list[int], positions: list[int], dtype: torch.dtype = torch.float64
+) -> np.ndarray:
+    model = transformers.LlamaForCausalLM.from_pretrained(checkpoint, dtype=dtype)
     assert model.config.rope_parameters["rope_type"] == "llama3"  # the reference really scales rope
     with torch.no_grad():
         out = model(torch.tensor([tokens]), logits_to_keep=torch.tensor(positions))
@@ -110,10 +120,14 @@ def test_f32_logits_match_transformers_up_to_long_context(
     tied: Path, tied_reference: np.ndarray, tmp_path: Path
 ) -> None:
     out = convert_checkpoint(tied, tmp_path / "tiny-f32.gguf", quant="F32")
-    short, long = _errors(llama_cpp_logits(out, _tokens(N_TOKENS), FIRST + LONG), tied_reference)
+    got = llama_cpp_logits(out, _tokens(N_TOKENS), FIRST + LONG)
+    short, long = _errors(got, tied_reference)
     assert np.abs(tied_reference).max() > 1.0  # logits are not degenerate
-    assert short <= SHORT_BOUND, short
-    assert long <= LONG_BOUND, long
+    if short > SHORT_BOUND or long > LONG_BOUND:  # say which side drifts: torch's own float32 run
+        torch_f32 = _errors(transformers_logits(tied, _tokens(N_TOKENS), FIRST + LONG, torch.float32), tied_reference)
+        worst = np.abs(got - tied_reference)[: len(FIRST)].max(axis=1)
+        pytest.fail(f"llama.cpp F32 off by {short:.3g} (first positions, worst at {int(worst.argmax())}) and "
+                    f"{long:.3g} (past 8,192); transformers float32: {torch_f32[0]:.3g} and {torch_f32[1]:.3g}")
 
 
 @pytest.mark.parametrize("skip", ["qk_permutation", "rope_freqs"])

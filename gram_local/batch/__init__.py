@@ -24,7 +24,6 @@ content: a record whose task has changed since is judged again.
 from gram_local.batch.records import error_record, load_records, ok_record, settings_differences
 from gram_local.batch.run import BatchProgress, BatchSummary, refuse_same_file, run_batch
 from gram_local.batch.tasks import (
-    OPS,
     Task,
     TaskDefaults,
     dedupe,
@@ -39,7 +38,6 @@ from gram_local.batch.tasks import (
 from gram_local.errors import BatchUsageError, SettingsMismatchError
 
 __all__ = [
-    "OPS",
     "BatchProgress",
     "BatchSummary",
     "BatchUsageError",

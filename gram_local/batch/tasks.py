@@ -12,9 +12,7 @@ from typing import Any
 
 from gram_local.config import DEFAULT_VOTES
 from gram_local.errors import BatchUsageError
-from gram_local.operations import METHODS
-
-OPS = ("compare", "vote", "rank", "best-of-n")
+from gram_local.operations import METHODS, OPERATIONS
 
 
 @dataclass(frozen=True)
@@ -148,11 +146,11 @@ def task_from_row(row: Any, line_no: int | None = None) -> Task:
         return Task(id=_stable_id(content), line=line_no, error=f"{where}'id' must be a non-empty string or an integer")
 
     def bad_row(reason: str) -> Task:
-        return Task(id=task_id, op=row.get("op") if row.get("op") in OPS else None, line=line_no, error=where + reason)
+        return Task(id=task_id, op=row.get("op") if row.get("op") in OPERATIONS else None, line=line_no, error=where + reason)
 
     op = row.get("op")
-    if op is not None and op not in OPS:
-        return bad_row(f"'op' must be one of {', '.join(OPS)}, got {op!r}")
+    if op is not None and op not in OPERATIONS:
+        return bad_row(f"'op' must be one of {', '.join(OPERATIONS)}, got {op!r}")
     question = row.get("question")
     if not isinstance(question, str):
         return bad_row("missing or non-string 'question'")

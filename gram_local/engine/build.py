@@ -17,6 +17,12 @@ def system_info() -> str:
     return str(llama.llama_print_system_info().decode("utf-8", errors="replace")).strip()
 
 
+def amx_compiled() -> bool:
+    """Whether this build holds llama.cpp's AMX kernels, which are reached through the extra
+    buffer types and crash on the first batch (llama.cpp issue 20824): callers keep those off."""
+    return "AMX_INT8 = 1" in system_info()
+
+
 def llama_cpp_version() -> str:
     value = llama.llama_version() if callable(llama.llama_version) else llama.llama_version
     return value.decode() if isinstance(value, bytes) else str(value)

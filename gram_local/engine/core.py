@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from gram_local.backend import Backend, GenerationRequest, RequestHandle, TextCallback, Vocabulary
+from gram_local.backend import Backend, GenerationRequest, RequestHandle, TextCallback
 from gram_local.config import EngineSettings
-from gram_local.engine.build import gpu_offload_supported, llama_cpp_version, system_info
+from gram_local.engine.build import amx_compiled, gpu_offload_supported, llama_cpp_version
 from gram_local.engine.kv import KvCache
 from gram_local.engine.metadata import kv_identity, read_metadata
 from gram_local.engine.native import LlamaContext, LlamaModel, ModelShape
@@ -34,11 +34,11 @@ from gram_local.engine.sampling import Sampling
 from gram_local.engine.scheduler import Scheduler, Sequence
 from gram_local.engine.slots import SlotTable
 from gram_local.engine.stepping import Stepper
-from gram_local.engine.vocab import LlamaVocab
+from gram_local.engine.vocab import GGUFVocabulary, LlamaVocab
 from gram_local.errors import Cancelled, ContextAllocationError, ContextOverflowError, EngineError, InputError
 
 
-class Engine(Backend):
+class Engine(GGUFVocabulary, Backend):
     """A loaded GGUF and a multi-sequence context over it."""
 
     kind = "llama.cpp"
@@ -61,7 +61,7 @@ class Engine(Backend):
         self.model_path = str(model_path)
         self.version = f"{llama_cpp_version()}/{_binding_version()}"
         self.gpu_offload = gpu_offload_supported()
-        self.amx_build = "AMX_INT8 = 1" in system_info()
+        self.amx_build = amx_compiled()
         plan = plan_engine(s, gpu_offload=self.gpu_offload, amx_build=self.amx_build, n_cpus=os.cpu_count() or 1)
         self.n_threads, self.n_gpu_layers, self.offloading = plan.n_threads, plan.n_gpu_layers, plan.offloading
         self.kv_unified, self.flash_attn, self.speculative = plan.kv_unified, plan.flash_attn, plan.speculative
@@ -99,19 +99,6 @@ class Engine(Backend):
         self._closed = False
 
     # ---------------------------------------------------------------- facts
-
-    @property
-    def vocabulary(self) -> Vocabulary:
-        return self._vocabulary
-
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        return self.vocab.tokenize(text, special=special)
-
-    def token_text(self, token: int) -> str:
-        return self.vocab.token_text(token)
-
-    def detokenize(self, tokens: Any) -> str:
-        return self.vocab.detokenize(tokens)
 
     @property
     def token_a(self) -> int:

@@ -101,3 +101,24 @@ class LlamaVocab:
             chat_template=self._model.chat_template(),
             n_ctx_train=self._model.shape().n_ctx_train if n_ctx_train is None else n_ctx_train,
         )
+
+
+class GGUFVocabulary:
+    """The Backend's vocabulary methods answered by a llama.cpp vocabulary: the engine's loaded
+    model, or the vocabulary-only load a remote backend renders its prompts with."""
+
+    vocab: LlamaVocab
+    _vocabulary: Vocabulary
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self._vocabulary
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        return self.vocab.tokenize(text, special=special)
+
+    def token_text(self, token: int) -> str:
+        return self.vocab.token_text(token)
+
+    def detokenize(self, tokens: Iterable[int]) -> str:
+        return self.vocab.detokenize(tokens)

@@ -20,10 +20,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gram_local.backend import Backend, Generation, GenerationRequest, RequestHandle, RequestState, SamplerSpec, TextCallback, Vocabulary
+from gram_local.backend import Backend, Generation, GenerationRequest, RequestHandle, RequestState, SamplerSpec, TextCallback
 from gram_local.config import RemoteSettings
 from gram_local.engine.native import LlamaModel
-from gram_local.engine.vocab import LlamaVocab
+from gram_local.engine.vocab import GGUFVocabulary, LlamaVocab
 from gram_local.errors import BackendError, Cancelled, ContextOverflowError, InputError
 from gram_local.grammar import ANSWER_OPEN, THINK_CLOSE, forced_close_text, reached_answer_slot
 from gram_local.remote.http import Lease, ReplicaPool
@@ -65,7 +65,7 @@ def pair_logprobs(top: Iterable[tuple[int, float]], token_a: int, token_b: int) 
     return found[token_a], found[token_b]
 
 
-class RemoteBackend(Backend):
+class RemoteBackend(GGUFVocabulary, Backend):
     """A backend whose model runs on one or more servers reached over HTTP."""
 
     remote = True
@@ -199,20 +199,7 @@ class RemoteBackend(Backend):
         name = {"request": "requests", "retry": "retries", "error": "errors"}[event]
         self.count(**{name: 1})
 
-    # ------------------------------------------------------------ vocabulary
-
-    @property
-    def vocabulary(self) -> Vocabulary:
-        return self._vocabulary
-
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        return self.vocab.tokenize(text, special=special)
-
-    def token_text(self, token: int) -> str:
-        return self.vocab.token_text(token)
-
-    def detokenize(self, tokens: Iterable[int]) -> str:
-        return self.vocab.detokenize(tokens)
+    # ------------------------------------------------------------ facts
 
     @property
     def parallel(self) -> int:

@@ -40,8 +40,8 @@ from gram_local.errors import (
     ServiceBusyError,
     UnauthorizedError,
 )
-from gram_local.operations import METHODS
-from gram_local.service.bodies import OPERATIONS, parse_call, parse_json
+from gram_local.operations import METHODS, OPERATIONS
+from gram_local.service.bodies import parse_call, parse_json
 from gram_local.service.openapi import openapi_document
 from gram_local.service.state import ServiceState
 from gram_local.service.streams import Stopwatch, ThinkQueue, batch_lines, error_body, judge_events, own_tokens

@@ -16,13 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from gram_local.config import DEFAULT_VOTES, POSITIONS
 from gram_local.errors import InputError, RequestSyntaxError
-from gram_local.operations import METHODS, ThinkCallback, with_overrides
+from gram_local.operations import METHODS, OPERATIONS, ThinkCallback, with_overrides
 
 if TYPE_CHECKING:
     from gram_local.judge import Judge
     from gram_local.runner import Program
-
-OPERATIONS: tuple[str, ...] = ("compare", "vote", "rank", "best-of-n")
 
 # Settings a request may override, with the JSON type each must have.
 OVERRIDES: dict[str, tuple[type, ...]] = {
