@@ -281,7 +281,7 @@ def write_gguf(
                 written = 0
                 for slab in _tensor_slabs(t, reader):
                     data = np.ascontiguousarray(slab)
-                    fout.write(memoryview(data).cast("B"))
+                    fout.write(data.data.cast("B"))
                     written += data.nbytes
                     bar.advance(data.nbytes)
                 if written != t.nbytes:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -146,7 +146,7 @@ class TensorReader:
     """Reads runs of rows from a checkpoint's shard files, keeping one handle per file."""
 
     def __init__(self) -> None:
-        self._files: dict[Path, BinaryIO] = {}
+        self._files: dict[Path, io.FileIO] = {}
 
     def __enter__(self) -> TensorReader:
         return self
@@ -168,7 +168,7 @@ class TensorReader:
         if f is None:
             f = self._files[entry.path] = entry.path.open("rb", buffering=0)
         f.seek(entry.offset + start * entry.row_elems * raw_dtype.itemsize, os.SEEK_SET)
-        view = memoryview(out).cast("B")
+        view = out.data.cast("B")
         got = 0
         while got < len(view):
             n = f.readinto(view[got:])
