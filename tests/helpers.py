@@ -56,10 +56,12 @@ def batch_shape_noise(engine: Any, tokens: list[int], split: int | None = None) 
 
 
 def assert_near_tie(engine: Any, prefix: list[int], picks: list[int], what: str, *, split: int | None = None,
-                    floor: float = 0.05) -> None:
+                    floor: float = 0.1) -> None:
     """Two runs that picked different tokens after `prefix` may differ only by rounding: each pick
-    must be within twice the batch-shape noise (plus a little) of the best logit. `split`: where
-    the prompt ends and generated tokens begin (the noise is measured along that path)."""
+    must be within twice the batch-shape noise (plus `floor`) of the best logit. `split`: where
+    the prompt ends and generated tokens begin (the noise is measured along that path). The floor
+    covers batch shapes the measurement does not repeat: on an AVX-512 build with plain weights a
+    batched run picked a token 0.065 below the best while the measured noise was 0."""
     logits = engine.next_token_logits(prefix)
     noise = batch_shape_noise(engine, prefix, split)
     best = float(logits.max())

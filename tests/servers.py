@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 
 from gram_local.config import ENV_CI, ENV_LLAMA_SERVER
+from gram_local.cpu import parse_system_info
+from gram_local.engine.build import amx_compiled
 
 
 def llama_server_binary() -> Path:
@@ -34,6 +36,27 @@ def llama_server_binary() -> Path:
     if os.environ.get(ENV_CI):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def server_cpu_features(binary: Path, model: Path, timeout: float = 60.0) -> tuple[str, ...]:
+    """The instruction sets a llama-server build uses (from its system info, which it prints only
+    at debug verbosity: a short run that stops once the line is out)."""
+    args = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(free_port()), "-c", "256",
+            "-t", "1", "--no-webui", "-lv", "4"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    try:
+        for line in process.stdout:
+            text = line.decode("utf-8", "replace")
+            if "system_info:" in text:
+                return parse_system_info(text.split("system_info:", 1)[1])
+            if time.monotonic() > deadline:
+                break
+        raise RuntimeError("llama-server printed no system_info line")
+    finally:
+        process.kill()
+        process.wait()
 
 
 def free_port() -> int:
@@ -50,6 +73,8 @@ class LlamaServer:
         self.url = f"http://127.0.0.1:{self.port}"
         args = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
                 "-c", str(ctx_per_slot * slots), "-np", str(slots), "-fa", "off", "-t", "1", "--no-webui"]
+        if amx_compiled():  # the weights as the local engine holds them: AMX buffers crash (issue 20824)
+            args.append("--no-repack")
         self._log = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_ready()

@@ -7,6 +7,7 @@ it these tests skip, or fail under CI.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -16,10 +17,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from helpers import make_judge
-from servers import LlamaServer, StubServer, llama_server, llama_server_binary
+from servers import LlamaServer, StubServer, llama_server, llama_server_binary, server_cpu_features
 
 from gram_local import connect_judge
-from gram_local.config import JudgeSettings, RemoteSettings
+from gram_local.config import ENV_CI, JudgeSettings, RemoteSettings
+from gram_local.cpu import parse_system_info
+from gram_local.engine.build import system_info
 from gram_local.errors import BackendError
 
 PAIRS = [
@@ -53,8 +56,19 @@ def remote_judge(model: Path, *urls: str, budget: int = BUDGET, **remote: Any) -
                          remote=RemoteSettings(base_urls=urls, backoff=0.2, **remote))
 
 
-def test_greedy_think_text_and_p_a_equal_the_local_engine_one_sequence_at_a_time(server_np1: LlamaServer,
-                                                                                  smollm2_path: Path) -> None:
+def test_greedy_think_text_and_p_a_equal_the_local_engine_one_sequence_at_a_time(
+    server_np1: LlamaServer, llama_server_bin: Path, smollm2_path: Path
+) -> None:
+    """Exact only when both run the same kernels: a llama-server built with other CMAKE_ARGS than
+    the installed llama-cpp-python moves P(A) by float rounding (seen: 1.7e-3, AVX2 against AVX-512)."""
+    theirs_cpu = server_cpu_features(llama_server_bin, smollm2_path)
+    ours_cpu = parse_system_info(system_info())
+    if theirs_cpu != ours_cpu:
+        message = (f"llama-server uses {', '.join(theirs_cpu)}; the installed llama-cpp-python "
+                   f"{', '.join(ours_cpu)}: build both with the same CMAKE_ARGS (scripts/build_llama_server.sh)")
+        if os.environ.get(ENV_CI):
+            pytest.fail(message)
+        pytest.skip(message)
     local = make_judge(smollm2_path, max_think_tokens=BUDGET, parallel=1, position="fixed", head_cache=False)
     remote = remote_judge(smollm2_path, server_np1.url)
     try:
