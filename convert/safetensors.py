@@ -8,9 +8,9 @@ checkpoint through `mmap` shows a 6.4 GB peak RSS even though every tensor is re
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass

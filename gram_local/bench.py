@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from gram_local.backend import BackendStats, GenerationRequest
 from gram_local.config import ANSWER_MARGIN
+from gram_local.diagnostics import peak_rss_bytes
 from gram_local.errors import InputError
 from gram_local.judge import Judge
 from gram_local.results import Judgment
@@ -100,6 +101,8 @@ class BenchReport:
     prompt_tokens_per_judgment: int
     operations: list[OperationResult] = field(default_factory=list)
     rounds: int = 1
+    # After the run: the process's peak RSS and the KV cache the engine's context holds.
+    memory: dict[str, Any] = field(default_factory=dict)
 
     def operation(self, name: str) -> OperationResult | None:
         return next((op for op in self.operations if op.name == name), None)
@@ -135,6 +138,7 @@ class BenchReport:
             "rounds": self.rounds,
             "operations": [asdict(op) for op in self.operations],
             "summary": self.summary(),
+            "memory": self.memory,
         }
 
 
@@ -259,6 +263,12 @@ class BenchRunner:
                     progress(name if rounds == 1 else f"{name} (round {r + 1}/{rounds})")
                 runs[name].append(self.run_operation(name))
         report.operations = [_mean_of(runs[name]) for name in operations]
+        report.memory = {
+            "peak_rss_bytes": peak_rss_bytes(),
+            "kv_streams": engine.n_slots,
+            "kv_cells_per_stream": engine.n_ctx_seq,
+            "kv_bytes": engine.kv_bytes(engine.n_slots, engine.n_ctx_seq),
+        }
         compare = report.operation("compare")
         if compare is not None:
             for op in report.operations:
@@ -364,6 +374,12 @@ def format_report(report: BenchReport) -> str:
     ]
     if s["pairs_per_hour_both_orders"] is not None:
         lines.append(f"judged pairs per hour, both orders: {s['pairs_per_hour_both_orders']:.1f}")
+    m = report.memory
+    if m:
+        lines.append(
+            f"memory: peak RSS {m['peak_rss_bytes'] / 2**30:.2f} GiB; KV {m['kv_bytes'] / 2**30:.2f} GiB "
+            f"({m['kv_streams']} streams x {m['kv_cells_per_stream']} cells: the bench reserves --parallel streams up front)"
+        )
     if s["decode_wall_tokens_per_s"] is not None:
         lines.append(
             f"single-sequence decode, wall clock after the prefill (grammar, sampling, Python included): "

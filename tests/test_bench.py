@@ -87,6 +87,11 @@ def test_bench_json_on_smollm2(smollm2_path: Path) -> None:
     assert summary["swap_vs_compare"] == ops["swap"]["wall_vs_compare"]
     assert summary["rank_8_evaluated_over_unique"] == ops["rank-8"]["evaluated_over_unique"]
 
+    # The memory it took: the vote ran 8 sequences, each holding the prompt and the think budget.
+    memory = report["memory"]
+    assert memory["kv_streams"] >= 8 and memory["kv_cells_per_stream"] >= per_judgment + 4
+    assert memory["kv_bytes"] > 0 and memory["peak_rss_bytes"] > memory["kv_bytes"]
+
 
 def test_bench_refuses_options_that_change_the_workload(smollm2_path: Path) -> None:
     result = CliRunner().invoke(bench_command, ["--model", str(smollm2_path), "--temperature", "0.3"])
