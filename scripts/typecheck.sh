@@ -6,7 +6,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-python -m pip install -q --no-deps --no-build-isolation --target "$out" "$repo"
+isolation=(--no-build-isolation)  # offline where setuptools is at hand; else pip fetches it
+python -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" 2>/dev/null || isolation=()
+python -m pip install -q --no-deps ${isolation[@]+"${isolation[@]}"} --target "$out" "$repo"
 rm -rf "$repo/build" "$repo"/*.egg-info
 cd "$out"
 status=0
