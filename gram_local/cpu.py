@@ -166,9 +166,9 @@ def with_amx_permission(cpu: CpuFlags, granted: Callable[[], bool]) -> CpuFlags:
 
 
 def compiled_features() -> tuple[str, ...]:
-    import llama_cpp
+    from gram_local.engine.build import system_info
 
-    return parse_system_info(llama_cpp.llama_print_system_info())
+    return parse_system_info(system_info())
 
 
 def machine_cpu_flags() -> CpuFlags:

@@ -33,16 +33,14 @@ def current_rss_bytes() -> int | None:
 
 def build_report() -> dict[str, Any]:
     """The installed llama.cpp build: versions, compiled CPU features, backends and devices."""
-    import llama_cpp
-
-    from gram_local.engine.build import devices, gpu_offload_supported, llama_cpp_version, system_info
+    from gram_local.engine.build import binding_version, devices, gpu_offload_supported, llama_cpp_version, system_info
 
     info = system_info()
     found = devices()
     names = [d.name for d in found] if found is not None else []
     return {
         "gram_local": __version__,
-        "llama_cpp_python": getattr(llama_cpp, "__version__", "?"),
+        "llama_cpp_python": binding_version(),
         "llama_cpp": llama_cpp_version(),
         "system_info": info,
         "gpu_offload": gpu_offload_supported(),

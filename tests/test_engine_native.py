@@ -131,3 +131,101 @@ def test_a_build_with_amx_never_puts_weights_in_amx_buffers(smollm2_path: Path, 
     engine = Engine(smollm2_path, EngineSettings(parallel=1, repack=True))
     assert engine.amx_build is has_amx and engine.repack is not has_amx and loaded == [False, not has_amx]
     engine.close()
+
+
+def _steps_request(start: int, budget: int) -> GenerationRequest:
+    """A prompt of plain tokens and a think that runs exactly `budget` tokens (no early close)."""
+    return GenerationRequest(prompt=list(range(start, start + 60)), max_think_tokens=budget, allow_close=False)
+
+
+def test_a_request_submitted_while_another_decodes_joins_the_running_batch(smollm2_path: Path) -> None:
+    from gram_local.backend import RequestState
+
+    settings = EngineSettings(parallel=2, speculative=False, head_cache=False, n_threads=1)
+    engine = Engine(smollm2_path, settings)
+    try:
+        # The context grows only while idle; a service reserves its streams up front, as here.
+        engine.reserve(2, _steps_request(0, 12).context_needed)
+        first = engine.submit(_steps_request(1000, 12))
+        engine.step()
+        engine.step()
+        assert first.state is RequestState.DECODING
+        second = engine.submit(_steps_request(2000, 12))
+        engine.wait([first, second])
+        together = engine.stats.steps
+        assert [h.result().think_tokens for h in (first, second)] == [12, 12]
+
+        engine.clear_cache()
+        before = engine.stats.steps
+        for start in (1000, 2000):
+            handle = engine.submit(_steps_request(start, 12))
+            engine.wait([handle])
+        one_after_the_other = engine.stats.steps - before
+    finally:
+        engine.close()
+    # Alone each takes a prefill step, 12 think steps and its answer; together the second's
+    # steps overlap the first's, so the pair ends in fewer steps than the two in a row.
+    assert together < one_after_the_other, (together, one_after_the_other)
+
+
+def test_a_cancelled_request_frees_its_slot_for_a_waiting_one(smollm2_path: Path) -> None:
+    from gram_local.backend import RequestState
+
+    engine = Engine(smollm2_path, EngineSettings(parallel=1, speculative=False, head_cache=False, n_threads=1))
+    try:
+        running = engine.submit(_steps_request(1000, 200))
+        waiting = engine.submit(_steps_request(2000, 4))
+        engine.step()
+        assert running.state in (RequestState.PREFILLING, RequestState.DECODING)
+        assert waiting.state is RequestState.WAITING  # one slot, and it is taken
+        running.cancel()
+        engine.step()
+        assert running.state is RequestState.CANCELLED and engine.stats.cancelled == 1
+        assert waiting.state in (RequestState.PREFILLING, RequestState.DECODING)  # it took the freed slot
+        engine.wait([waiting])
+        assert waiting.result().think_tokens == 4
+        assert engine.stats.generated_tokens < 200  # the cancelled request stopped where it was
+    finally:
+        engine.close()
+
+
+def test_a_suspended_compare_many_does_not_block_a_new_compare_on_llama_cpp(smollm2_path: Path) -> None:
+    """The deadlock of a lock held across `yield`, on the real engine: a compare started while a
+    compare_many iterator sits between two results finishes, and so does the iterator."""
+    import threading
+
+    from helpers import make_judge
+
+    judge = make_judge(smollm2_path, max_think_tokens=4, parallel=2, n_threads=1, head_cache=False)
+    try:
+        items = [(f"Question {i}?", "Yes.", "No.") for i in range(4)]
+        pending = judge.compare_many(items)
+        first = next(pending)
+        done: dict[str, object] = {}
+        worker = threading.Thread(target=lambda: done.setdefault("result", judge.compare("Another?", "A.", "B.")))
+        worker.start()
+        worker.join(timeout=300)
+        assert not worker.is_alive(), "a compare waited on a suspended compare_many"
+        rest = list(pending)
+    finally:
+        judge.close()
+    assert done["result"].winner in ("a", "b", "tie")  # type: ignore[attr-defined]
+    assert len(rest) == 3 and first.winner in ("a", "b", "tie")
+
+
+def test_a_context_too_big_to_allocate_is_retried_with_fewer_sequences() -> None:
+    from gram_local.engine.kv import KvCache
+    from gram_local.errors import ContextAllocationError
+
+    kv = KvCache.__new__(KvCache)  # only its sizing policy, over a stand-in for llama.cpp
+    made: list[tuple[int, int]] = []
+
+    def ensure(n_seq: int, n_ctx_seq: int) -> None:
+        if n_seq * n_ctx_seq > 3000:
+            raise ContextAllocationError(f"{n_seq} x {n_ctx_seq} cells do not fit")
+        made.append((n_seq, n_ctx_seq))
+
+    kv.ensure = ensure  # type: ignore[method-assign]
+    assert kv.ensure_most(8, lambda n: 1000 + n) == 2 and made == [(2, 1002)]
+    with pytest.raises(ContextAllocationError, match="1 x 5000"):
+        kv.ensure_most(8, lambda n: 5000)

@@ -23,6 +23,11 @@ def amx_compiled() -> bool:
     return "AMX_INT8 = 1" in system_info()
 
 
+def binding_version() -> str:
+    """llama-cpp-python's version (the binding; llama.cpp's own is `llama_cpp_version`)."""
+    return str(getattr(llama, "__version__", "?"))
+
+
 def llama_cpp_version() -> str:
     value = llama.llama_version() if callable(llama.llama_version) else llama.llama_version
     return value.decode() if isinstance(value, bytes) else str(value)

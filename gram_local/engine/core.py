@@ -24,7 +24,7 @@ import numpy as np
 
 from gram_local.backend import Backend, GenerationRequest, RequestHandle, TextCallback
 from gram_local.config import EngineSettings
-from gram_local.engine.build import amx_compiled, gpu_offload_supported, llama_cpp_version
+from gram_local.engine.build import amx_compiled, binding_version, gpu_offload_supported, llama_cpp_version
 from gram_local.engine.kv import KvCache
 from gram_local.engine.metadata import kv_identity, read_metadata
 from gram_local.engine.native import LlamaContext, LlamaModel, ModelShape
@@ -59,7 +59,7 @@ class Engine(GGUFVocabulary, Backend):
 
             ensure_supported()
         self.model_path = str(model_path)
-        self.version = f"{llama_cpp_version()}/{_binding_version()}"
+        self.version = f"{llama_cpp_version()}/{binding_version()}"
         self.gpu_offload = gpu_offload_supported()
         self.amx_build = amx_compiled()
         plan = plan_engine(s, gpu_offload=self.gpu_offload, amx_build=self.amx_build, n_cpus=os.cpu_count() or 1)
@@ -99,14 +99,6 @@ class Engine(GGUFVocabulary, Backend):
         self._closed = False
 
     # ---------------------------------------------------------------- facts
-
-    @property
-    def token_a(self) -> int:
-        return self.vocab.token_a
-
-    @property
-    def token_b(self) -> int:
-        return self.vocab.token_b
 
     @property
     def slots(self) -> SlotTable:
@@ -240,22 +232,16 @@ class Engine(GGUFVocabulary, Backend):
             self._running.append(self.stepper.start(handle, {s.slot for s in self._running}, speculative=self.speculative))
 
     def _grow_for(self, demand: list[RequestHandle]) -> bool:
-        """Size the idle context for the waiting work. If llama.cpp cannot allocate that much, try
-        fewer sequences at once; if not even one fits, that request fails with the reason."""
-        n_seq = min(self.parallel, len(demand))
-        while True:
-            need = max(h.request.context_needed for h in demand[:n_seq])
-            try:
-                self.kv.ensure(n_seq, need)
-                return True
-            except ContextAllocationError as exc:
-                if n_seq > 1:
-                    n_seq = max(1, n_seq // 2)
-                    continue
-                handle = demand[0]
-                self._waiting.remove(handle)
-                handle.fail(exc)
-                return False
+        """Size the idle context for the waiting work (fewer sequences at once where llama.cpp
+        cannot allocate that much); if not even one fits, that request fails with the reason."""
+        try:
+            self.kv.ensure_most(min(self.parallel, len(demand)),
+                                lambda n: max(h.request.context_needed for h in demand[:n]))
+            return True
+        except ContextAllocationError as exc:
+            self._waiting.remove(demand[0])
+            demand[0].fail(exc)
+            return False
 
     def _release(self, seq: Sequence) -> None:
         seq.close()
@@ -269,13 +255,7 @@ class Engine(GGUFVocabulary, Backend):
         with self._step_lock:
             if self._running:
                 raise EngineError("next_token_logits needs an idle engine")
-            self.kv.ensure(1, len(tokens) + 1)
-            self.kv.forget_all()
-            ctx = self.kv.context()
-            self.kv.evaluate(tokens, 0, logits_last=True)
-            logits: np.ndarray = ctx.logits(ctx.batch.n - 1).copy()
-            self.kv.forget_all()
-            return logits
+            return self.kv.cold_logits(tokens)
 
     def clear_cache(self) -> None:
         """Forget every cached prefix (the next request evaluates its whole prompt)."""
@@ -302,9 +282,3 @@ class Engine(GGUFVocabulary, Backend):
                 self.close()
         except Exception:
             pass
-
-
-def _binding_version() -> str:
-    import llama_cpp
-
-    return str(getattr(llama_cpp, "__version__", "?"))

@@ -7,11 +7,13 @@ interrupted step: llama.cpp keeps queued stream copies through a clear).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from gram_local.engine.native import ContextShape, LlamaContext, LlamaModel, ModelShape, take_log_messages
 from gram_local.engine.slots import SlotTable
-from gram_local.errors import EngineError
+from gram_local.errors import ContextAllocationError, EngineError
 
 _CTX_ROUND = 256
 
@@ -84,6 +86,29 @@ class KvCache:
             kv_bytes=self.bytes_for(n_seq, n_ctx_seq),
         )
         self.slots.reset(n_seq)
+
+    def ensure_most(self, n_seq: int, need: Callable[[int], int]) -> int:
+        """Streams for up to `n_seq` sequences, `need(n)` cells each for the first n: where llama.cpp
+        cannot allocate that much, halve the count. Returns the count made; raises
+        ContextAllocationError when not even one fits."""
+        while True:
+            try:
+                self.ensure(n_seq, need(n_seq))
+                return n_seq
+            except ContextAllocationError:
+                if n_seq <= 1:
+                    raise
+                n_seq = max(1, n_seq // 2)
+
+    def cold_logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """The logits after `tokens`, evaluated from nothing into stream 0 and forgotten after."""
+        self.ensure(1, len(tokens) + 1)
+        self.forget_all()
+        ctx = self.context()
+        self.evaluate(tokens, 0, logits_last=True)
+        logits: np.ndarray = ctx.logits(ctx.batch.n - 1).copy()
+        self.forget_all()
+        return logits
 
     def drop(self) -> None:
         if self.ctx is not None:

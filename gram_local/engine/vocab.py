@@ -114,6 +114,14 @@ class GGUFVocabulary:
     def vocabulary(self) -> Vocabulary:
         return self._vocabulary
 
+    @property
+    def token_a(self) -> int:
+        return self.vocab.token_a
+
+    @property
+    def token_b(self) -> int:
+        return self.vocab.token_b
+
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         return self.vocab.tokenize(text, special=special)
 

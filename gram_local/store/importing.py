@@ -257,7 +257,7 @@ def _name_for(text: str, origin: Path) -> str:
 
 
 def _llama_cpp_version() -> str:
-    import llama_cpp
+    from gram_local.engine.build import binding_version
 
-    return f"llama-cpp-python {llama_cpp.__version__}"
+    return f"llama-cpp-python {binding_version()}"
 
