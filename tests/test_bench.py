@@ -67,9 +67,16 @@ def test_bench_json_on_smollm2(smollm2_path: Path) -> None:
         assert op["think_tokens_min"] == op["think_tokens_max"] == 4, name
         assert op["generated_tokens"] == 4 * op["judgments"], name
         assert op["prompt_tokens_total"] == per_judgment * op["judgments"], name
-        for key in ("wall_seconds", "prefill_seconds", "decode_seconds", "grammar_seconds", "wall_vs_compare",
-                    "prefill_tokens_per_s", "decode_tokens_per_s", "grammar_share", "grammar_ms_per_token"):
-            assert isinstance(op[key], float) and op[key] >= 0, (name, key)
+        # Every operation prefilled and decoded something, inside its wall time; the rates are
+        # those times' rates of the counts above, not numbers of their own.
+        assert 0 < op["prefill_seconds"] and 0 < op["decode_seconds"], name
+        assert op["prefill_seconds"] + op["decode_seconds"] <= op["wall_seconds"], name
+        assert 0 <= op["grammar_seconds"] < op["wall_seconds"], name
+        assert op["prefill_tokens_per_s"] == pytest.approx(op["prompt_tokens_evaluated"] / op["prefill_seconds"]), name
+        assert op["decode_tokens_per_s"] == pytest.approx(op["generated_tokens"] / op["decode_seconds"]), name
+        assert op["grammar_share"] == pytest.approx(op["grammar_seconds"] / op["decode_seconds"]), name
+        assert op["grammar_ms_per_token"] == pytest.approx(1000 * op["grammar_seconds"] / op["generated_tokens"]), name
+        assert op["wall_vs_compare"] == pytest.approx(op["wall_seconds"] / ops["compare"]["wall_seconds"]), name
         # A perfect cache is the floor: nothing evaluates fewer than the unique tokens.
         assert op["prompt_tokens_evaluated"] >= op["prompt_tokens_unique"], name
 
