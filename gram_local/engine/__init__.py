@@ -13,7 +13,8 @@
 - `prefix_store`: the instruction head's KV on disk (policy and mechanics);
 - `core`: the `Engine`, the Backend: requests, their lifecycle, and the step loop.
 
-Only this package imports llama_cpp (and `gram_local.cpu`, which reads the build's features).
+Only this package imports llama_cpp (besides the converter's quantize step); everything else asks
+`build` for the build's facts (tests/test_architecture.py keeps it so).
 """
 
 from __future__ import annotations
