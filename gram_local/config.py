@@ -58,6 +58,8 @@ DEFAULT_TEMPERATURE = 0.0
 DEFAULT_TOP_P = 1.0
 DEFAULT_SEED = 0
 DEFAULT_VOTES = 8
+# How rank orders its responses: a comparison sort, or every pair with Bradley-Terry scores.
+DEFAULT_RANK_METHOD = "sort"
 VOTE_TEMPERATURE = 0.6
 VOTE_TOP_P = 0.9
 ANSWER_MARGIN = 16
@@ -91,6 +93,8 @@ DEFAULT_DEADLINE = 900.0
 DEFAULT_GRACE = 10
 """Seconds a stopping service gives requests in flight before cancelling them."""
 RETRY_AFTER = 5
+# Seconds /health asks a client to wait while the model loads.
+LOADING_RETRY_AFTER = 2
 """Seconds a 503 asks a client to wait before retrying."""
 
 BACKENDS: tuple[str, ...] = ("llama.cpp", "llama-server", "openai")

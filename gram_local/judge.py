@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from gram_local import __version__
 from gram_local.backend import Backend, BackendStats
-from gram_local.config import DEFAULT_VOTES, JudgeSettings
+from gram_local.config import DEFAULT_RANK_METHOD, DEFAULT_VOTES, JudgeSettings
 from gram_local.errors import GramLocalError, InputError
 from gram_local.operations import (
     Planner,
@@ -110,7 +110,7 @@ class Judge:
         result = yield from vote_program(self.planner, question, a, b, k=k, settings=s, on_think=on_think)
         return self._stamp(result, s, votes=k)
 
-    def rank_program(self, question: str, responses: Sequence[str], *, method: str = "sort", swap: bool = False,
+    def rank_program(self, question: str, responses: Sequence[str], *, method: str = DEFAULT_RANK_METHOD, swap: bool = False,
                      settings: JudgeSettings | None = None, on_think: ThinkCallback | None = None) -> Program[RankResult]:
         s = settings or self.settings
         result = yield from rank_program(self.planner, question, responses, method=method, swap=swap, settings=s, on_think=on_think)
@@ -179,7 +179,7 @@ class Judge:
         settings = self.vote_settings(temperature, top_p, **overrides)
         return self.run(self.vote_program(question, a, b, k=k, settings=settings, on_think=on_think))
 
-    def rank(self, question: str, responses: Sequence[str], *, method: str = "sort", swap: bool = False,
+    def rank(self, question: str, responses: Sequence[str], *, method: str = DEFAULT_RANK_METHOD, swap: bool = False,
              on_think: ThinkCallback | None = None, **overrides: Any) -> RankResult:
         """All responses best first: a comparison sort, or round-robin with Bradley-Terry scores."""
         return self.run(self.rank_program(question, responses, method=method, swap=swap, settings=self._with(**overrides),

@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from gram_local.config import DEFAULT_VOTES, VOTE_TEMPERATURE, VOTE_TOP_P
 from gram_local.errors import InputError
 from gram_local.judge import Judge
 
@@ -36,9 +37,9 @@ class WorkloadSpec:
     response_tokens: int = 400
     n_responses: int = 8
     think_tokens: int = 256
-    votes: int = 8
-    vote_temperature: float = 0.6
-    vote_top_p: float = 0.9
+    votes: int = DEFAULT_VOTES
+    vote_temperature: float = VOTE_TEMPERATURE
+    vote_top_p: float = VOTE_TOP_P
     seed: int = 0
 
     def __post_init__(self) -> None:

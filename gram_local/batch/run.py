@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gram_local.batch.outfile import Appender, OutLock, fsync_dir, prepare
 from gram_local.batch.records import error_record, ok_record
 from gram_local.batch.tasks import Task, TaskDefaults, dedupe, read_tasks, select
-from gram_local.config import DEFAULT_VOTES
+from gram_local.config import DEFAULT_RANK_METHOD, DEFAULT_VOTES
 from gram_local.errors import BatchOutputError, BatchUsageError, InputError
 
 if TYPE_CHECKING:
@@ -195,7 +195,8 @@ def task_program(judge: Judge, task: Task) -> Program[Any]:
     if task.op == "vote":
         return judge.vote_program(task.question, task.a or "", task.b or "", k=task.votes or DEFAULT_VOTES)
     if task.op == "rank":
-        return judge.rank_program(task.question, list(task.responses or ()), method=task.method or "sort", swap=bool(task.swap))
+        return judge.rank_program(task.question, list(task.responses or ()), method=task.method or DEFAULT_RANK_METHOD,
+                                  swap=bool(task.swap))
     if task.op == "best-of-n":
         return judge.best_of_n_program(task.question, list(task.responses or ()), swap=bool(task.swap))
     return judge.compare_program(task.question, task.a or "", task.b or "", swap=bool(task.swap))

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gram_local.config import DEFAULT_VOTES
+from gram_local.config import DEFAULT_RANK_METHOD, DEFAULT_VOTES
 from gram_local.errors import BatchUsageError
 from gram_local.operations import METHODS, OPERATIONS
 
@@ -21,7 +21,7 @@ class TaskDefaults:
 
     swap: bool = False
     votes: int | None = None  # set: rows with a and b and no op become votes of this many samples
-    method: str = "sort"
+    method: str = DEFAULT_RANK_METHOD
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

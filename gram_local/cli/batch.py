@@ -15,7 +15,7 @@ import click
 from gram_local.batch import BatchSummary, TaskDefaults, parse_shard, read_tasks, refuse_same_file, run_batch
 from gram_local.cli.common import handle_errors, judge_options, open_judge
 from gram_local.cli.display import BatchProgress
-from gram_local.config import DEFAULT_PARALLEL
+from gram_local.config import DEFAULT_PARALLEL, DEFAULT_RANK_METHOD
 
 if TYPE_CHECKING:
     from gram_local.judge import Judge
@@ -69,7 +69,7 @@ def report_summary(summary: BatchSummary) -> None:
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="Results JSONL (resumed if it exists).")
 @click.option("--swap", is_flag=True, default=False, help="Judge both orders (a row's own 'swap' wins).")
 @click.option("-k", "--votes", type=click.IntRange(min=1), default=None, help="Rows with a and b become votes of K samples.")
-@click.option("--method", type=click.Choice(METHODS), default="sort", show_default=True, help="Ranking method of rank rows.")
+@click.option("--method", type=click.Choice(METHODS), default=DEFAULT_RANK_METHOD, show_default=True, help="Ranking method of rank rows.")
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Only the first N tasks (after --shard).")
 @click.option("--shard", default=None, metavar="i/n", help="Only the tasks whose id hashes to shard i of n (0-based).")
 @click.option("--force", is_flag=True, default=False, help="Start over; OUT is replaced only once the new run is complete.")

@@ -10,6 +10,7 @@ import click
 from click.core import ParameterSource
 
 from gram_local.cli.common import engine_settings, handle_errors, judge_options
+from gram_local.workload import WorkloadSpec
 
 # Judge options that would change the fixed workload; the benchmark sets them itself.
 _WORKLOAD_OPTIONS = {
@@ -23,11 +24,11 @@ _WORKLOAD_OPTIONS = {
 @click.command("bench")
 @click.option("--ops", default="compare,swap,vote,best-of-8,rank-8", show_default=True,
               help="Operations to run, comma-separated (compare, swap, vote, best-of-8, rank-8).")
-@click.option("--think-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--think-tokens", type=click.IntRange(min=1), default=WorkloadSpec.think_tokens, show_default=True,
               help="Think tokens per judgment; the think block closes exactly at this budget.")
-@click.option("--question-tokens", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--question-tokens", type=click.IntRange(min=1), default=WorkloadSpec.question_tokens, show_default=True,
               help="Question length in tokens (not the reference workload if changed).")
-@click.option("--response-tokens", type=click.IntRange(min=1), default=400, show_default=True,
+@click.option("--response-tokens", type=click.IntRange(min=1), default=WorkloadSpec.response_tokens, show_default=True,
               help="Length of each response in tokens (not the reference workload if changed).")
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run the operations this many times, interleaved, and report mean times (noisy machines).")

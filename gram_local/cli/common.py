@@ -53,7 +53,7 @@ def judge_options(func: F) -> F:
              default=config.DEFAULT_MAX_THINK_TOKENS, show_default=True,
              help="Think budget; at it the think block is closed. 0: answer at once."),
         click.option("--no-think", is_flag=True, default=False, help="Same as --max-think-tokens 0."),
-        _opt("--position", env_name="position", type=click.Choice(config.POSITIONS), default="shuffled", show_default=True,
+        _opt("--position", env_name="position", type=click.Choice(config.POSITIONS), default=JudgeSettings.position, show_default=True,
              help="Rank and best-of-n without --swap: which response of a pair is shown first "
                   "(shuffled by a coin seeded with --seed, or always the earlier input)."),
         _opt("--ctx", env_name="ctx", type=click.IntRange(min=64), default=None,
@@ -65,15 +65,15 @@ def judge_options(func: F) -> F:
         _opt("--parallel", env_name="parallel", type=click.IntRange(min=1, max=64), default=config.DEFAULT_PARALLEL,
              show_default=True,
              help="Most sequences decoded together; memory is reserved only for those that actually run."),
-        _opt("--kv-type", env_name="kv_type", type=click.Choice(config.KV_TYPES), default="f16", show_default=True,
+        _opt("--kv-type", env_name="kv_type", type=click.Choice(config.KV_TYPES), default=EngineSettings.kv_type, show_default=True,
              help="KV cache type; q8_0 halves its memory (needs flash attention; see the README)."),
-        _opt("--repack/--no-repack", env_name="repack", default=True, show_default=True,
+        _opt("--repack/--no-repack", env_name="repack", default=EngineSettings.repack, show_default=True,
              help="Repack CPU weights for llama.cpp's matrix kernels: faster one-sequence decoding; "
                   "--no-repack prefills faster on some CPUs and memory-maps the file (see the README)."),
         _opt("--flash-attn/--no-flash-attn", env_name="flash_attn", default=None,
              help="Flash attention [default: on with GPU offload; off on a CPU, where each sequence has its "
                   "own KV stream and plain attention decodes faster]."),
-        _opt("--head-cache/--no-head-cache", env_name="head_cache", default=True, show_default=True,
+        _opt("--head-cache/--no-head-cache", env_name="head_cache", default=bool(EngineSettings.head_cache), show_default=True,
              help="Keep the instruction head's KV on disk (keyed by the model's SHA-256), so a new "
                   "process skips its prefill."),
         _opt("--date", env_name="date", default=config.DEFAULT_DATE, show_default=True,
@@ -97,7 +97,7 @@ def judge_settings(opts: dict[str, Any]) -> JudgeSettings:
         vote_temperature=config.VOTE_TEMPERATURE if temperature is None else temperature,
         vote_top_p=config.VOTE_TOP_P if top_p is None else top_p,
         n_ctx=opts.get("ctx"),
-        position=opts.get("position", "shuffled"),
+        position=opts.get("position", JudgeSettings.position),
     )
 
 
@@ -107,10 +107,10 @@ def engine_settings(opts: dict[str, Any], **overrides: Any) -> EngineSettings:
         "n_threads": opts.get("threads"),
         "n_gpu_layers": opts.get("n_gpu_layers"),
         "parallel": opts.get("parallel") or config.DEFAULT_PARALLEL,
-        "kv_type": opts.get("kv_type", "f16"),
-        "repack": opts.get("repack", True),
+        "kv_type": opts.get("kv_type", EngineSettings.kv_type),
+        "repack": opts.get("repack", EngineSettings.repack),
         "flash_attn": opts.get("flash_attn"),
-        "head_cache": opts.get("head_cache", True),
+        "head_cache": opts.get("head_cache", EngineSettings.head_cache),
     }
     return EngineSettings(**(values | overrides))
 

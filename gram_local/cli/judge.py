@@ -18,7 +18,7 @@ from gram_local.cli.common import (
     string_field,
 )
 from gram_local.cli.display import ThinkDisplay
-from gram_local.config import DEFAULT_VOTES, env_name
+from gram_local.config import DEFAULT_RANK_METHOD, DEFAULT_VOTES, env_name
 from gram_local.errors import InputError
 from gram_local.operations import METHODS
 
@@ -167,7 +167,7 @@ list_text_options = [
 @click.command()
 @_with(list_text_options)
 @click.option("--method", envvar=env_name("method"), show_envvar=True, type=click.Choice(METHODS),
-              default="sort", show_default=True, help="Comparison sort, or every pair with Bradley-Terry scores.")
+              default=DEFAULT_RANK_METHOD, show_default=True, help="Comparison sort, or every pair with Bradley-Terry scores.")
 @stream_option
 @judge_options
 @handle_errors
