@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from gram_local.convert.errors import ConversionError, ConversionFailed
 from gram_local.convert.files import scratch_file, staged_output
-from gram_local.convert.progress import wants_progress
+from gram_local.convert.progress import ProgressCallback
 from gram_local.convert.quantize import QUANT_FTYPES, normalize_quant, quantize_gguf
 
 if TYPE_CHECKING:
@@ -70,14 +70,14 @@ def convert_checkpoint(
     out_path: Path,
     *,
     quant: str = "Q4_K_M",
-    progress: bool | None = None,
+    on_progress: ProgressCallback | None = None,
     nthreads: int = 0,
 ) -> Path:
     """Convert a checkpoint folder to a GGUF of type `quant` at `out_path` (replaced if present).
 
     Every check on the checkpoint runs before anything is written; the output appears under its
     name only when complete, and the intermediate file is removed however the run ends.
-    `progress=None` draws a progress bar on stderr only when it is a terminal.
+    `on_progress` hears how far each stage is (see `ProgressCallback`).
     """
     from gram_local.convert.llama import DIRECT_TYPES, load_checkpoint, write_gguf
 
@@ -86,18 +86,17 @@ def convert_checkpoint(
     out_path = Path(out_path)
     if out_path.is_dir():
         raise ConversionError(f"the output path {out_path} is a directory; give a file name")
-    show = wants_progress(progress)
     if name in DIRECT_TYPES:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         _check_free_space(out_path.parent, checkpoint.gguf_nbytes(name))
         with staged_output(out_path) as tmp:
-            write_gguf(checkpoint, tmp, name, progress=show)
+            write_gguf(checkpoint, tmp, name, on_progress=on_progress)
         return out_path
 
     intermediate = checkpoint.lossless_type
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _check_free_space(out_path.parent, 2 * checkpoint.gguf_nbytes(intermediate))
     with scratch_file(out_path.parent, out_path.name, f".{intermediate.lower()}.partial") as tmp_in:
-        write_gguf(checkpoint, tmp_in, intermediate, progress=show)
-        quantize_gguf(tmp_in, out_path, name, nthreads=nthreads, progress=show)
+        write_gguf(checkpoint, tmp_in, intermediate, on_progress=on_progress)
+        quantize_gguf(tmp_in, out_path, name, nthreads=nthreads, on_progress=on_progress)
     return out_path

@@ -7,10 +7,12 @@ stderr, never a traceback: exit 2 when the input is at fault, 1 when the machine
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import click
 
+from gram_local.cli.display import StageProgress
 from gram_local.convert import QUANT_TYPES, ConversionError, convert_checkpoint
 from gram_local.convert.quantize import normalize_quant
 from gram_local.errors import GramLocalError
@@ -61,7 +63,9 @@ def convert_command(
         out = output or Path(f"{checkpoint_dir.resolve().name}-{name}.gguf")
         if out.exists() and not force:
             raise ConversionError(f"{out} already exists; pass --force to replace it")
-        path = convert_checkpoint(checkpoint_dir, out, quant=name, progress=progress, nthreads=threads)
+        show = sys.stderr.isatty() if progress is None else progress
+        with StageProgress() as bar:
+            path = convert_checkpoint(checkpoint_dir, out, quant=name, on_progress=bar if show else None, nthreads=threads)
     except GramLocalError as e:
         _fail(str(e), e.exit_code)
     except KeyboardInterrupt:

@@ -25,7 +25,7 @@ import numpy as np
 from gram_local.convert.config import LlamaConfig, read_config
 from gram_local.convert.dtypes import float32_to_bf16
 from gram_local.convert.errors import ConversionError
-from gram_local.convert.progress import Progress
+from gram_local.convert.progress import ProgressCallback
 from gram_local.convert.rope import llama3_rope_factors
 from gram_local.convert.safetensors import TensorEntry, TensorReader, index_checkpoint, row_slabs, to_float32
 from gram_local.convert.vocab import PRE_TOKENIZER, Vocab, read_vocab
@@ -249,7 +249,7 @@ def write_gguf(
     out_path: Path,
     out_type: str,
     *,
-    progress: bool = False,
+    on_progress: ProgressCallback | None = None,
     _skip: frozenset[str] = frozenset(),
 ) -> None:
     """Write `ckpt` as an F32, F16 or BF16 GGUF at `out_path` (overwritten; callers stage it).
@@ -267,7 +267,7 @@ def write_gguf(
     _add_metadata(writer, ckpt.config, ckpt.vocab, DIRECT_TYPES[out_type][1])
     for t in planned:
         writer.add_tensor_info(t.name, t.shape, np.dtype(_NP_DTYPE[t.ggml_type]), t.nbytes, raw_dtype=t.ggml_type)
-    bar = Progress("converting", sum(t.nbytes for t in planned), enabled=progress)
+    total, done = float(sum(t.nbytes for t in planned)), 0.0
     try:
         writer.write_header_to_file(out_path)
         writer.write_kv_data_to_file()
@@ -283,10 +283,11 @@ def write_gguf(
                     data = np.ascontiguousarray(slab)
                     fout.write(data.data.cast("B"))
                     written += data.nbytes
-                    bar.advance(data.nbytes)
+                    done += data.nbytes
+                    if on_progress is not None:
+                        on_progress("converting", done, total, "bytes")
                 if written != t.nbytes:
                     raise AssertionError(f"{t.name}: wrote {written} bytes, planned {t.nbytes}")
             fout.write(b"\0" * (-fout.tell() % align))
     finally:
         writer.close()
-        bar.close()

@@ -19,7 +19,7 @@ from typing import Any
 
 from gram_local.convert.errors import ConversionError, ConversionFailed
 from gram_local.convert.files import staged_output
-from gram_local.convert.progress import Progress, wants_progress
+from gram_local.convert.progress import ProgressCallback
 
 #: Output types by name -> llama_ftype. None of these needs an importance matrix.
 QUANT_FTYPES: dict[str, int] = {
@@ -42,6 +42,7 @@ _MAX_BUF_BYTES = 256 * 1024 * 1024
 _GGUF_MAGIC = b"GGUF"
 _TENSOR_LINE = re.compile(rb"\[\s*(\d+)\s*/\s*(\d+)\]")
 _LOCK = threading.Lock()  # llama.cpp's logger is process-global
+_GGML_LOG_ERROR = 4  # ggml's levels: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line
 
 
 def normalize_quant(quant: str) -> str:
@@ -63,10 +64,11 @@ def _llama_cpp() -> Any:
 class _LogSink:
     """Keeps the last lines llama.cpp logged and turns its per-tensor lines into progress."""
 
-    def __init__(self, bar: Progress) -> None:
+    def __init__(self, stage: str, on_progress: ProgressCallback | None) -> None:
         self.lines: collections.deque[str] = collections.deque(maxlen=40)
         self.errors: list[str] = []
-        self.bar = bar
+        self.stage, self.on_progress = stage, on_progress
+        self.tensors = 0.0
         self._partial = b""
 
     def __call__(self, level: int, text: bytes | None, _user_data: Any) -> None:
@@ -78,12 +80,16 @@ class _LogSink:
             decoded = line.decode("utf-8", "replace").strip()
             if decoded:
                 self.lines.append(decoded)
-                if level == 3:  # GGML_LOG_LEVEL_ERROR
+                if level == _GGML_LOG_ERROR:
                     self.errors.append(decoded)
         match = _TENSOR_LINE.search(text)
-        if match:
-            self.bar.total = float(match.group(2))
-            self.bar.set(float(match.group(1)) - 1)
+        if match and self.on_progress is not None:
+            self.tensors = float(match.group(2))
+            self.on_progress(self.stage, float(match.group(1)) - 1, self.tensors, "tensors")
+
+    def finished(self) -> None:
+        if self.on_progress is not None and self.tensors:
+            self.on_progress(self.stage, self.tensors, self.tensors, "tensors")
 
     def reason(self) -> str:
         picked = self.errors or list(self.lines)[-3:]
@@ -115,7 +121,7 @@ def _check_gguf(path: Path) -> None:
 
 
 def quantize_gguf(
-    in_path: Path, out_path: Path, quant: str, *, nthreads: int = 0, progress: bool | None = None
+    in_path: Path, out_path: Path, quant: str, *, nthreads: int = 0, on_progress: ProgressCallback | None = None
 ) -> Path:
     """Re-type a GGUF with llama.cpp (`nthreads <= 0`: all cores); the output appears only when complete.
 
@@ -135,14 +141,10 @@ def quantize_gguf(
     params.ftype = QUANT_FTYPES[name]
     if hasattr(params, "max_buf_size"):
         params.max_buf_size = _MAX_BUF_BYTES
-    bar = Progress(f"quantizing to {name}", 1, enabled=wants_progress(progress), unit="tensors", scale=1)
-    sink = _LogSink(bar)
-    try:
-        with staged_output(out_path) as tmp, _quiet_llama_log(llama_cpp, sink):
-            status = llama_cpp.llama_model_quantize(str(in_path).encode(), str(tmp).encode(), ctypes.byref(params))
-            if status != 0:
-                raise ConversionFailed(f"llama.cpp could not quantize {in_path} to {name}: {sink.reason()}")
-            bar.set(bar.total)
-    finally:
-        bar.close()
+    sink = _LogSink(f"quantizing to {name}", on_progress)
+    with staged_output(out_path) as tmp, _quiet_llama_log(llama_cpp, sink):
+        status = llama_cpp.llama_model_quantize(str(in_path).encode(), str(tmp).encode(), ctypes.byref(params))
+        if status != 0:
+            raise ConversionFailed(f"llama.cpp could not quantize {in_path} to {name}: {sink.reason()}")
+        sink.finished()
     return out_path

@@ -88,14 +88,30 @@ def test_an_interrupted_conversion_leaves_nothing(small: Path, tmp_path: Path, m
         assert out.read_bytes() == b"the previous model"
 
 
-def test_progress_bar_only_when_asked_or_on_a_terminal(
+def test_the_converter_reports_progress_and_never_draws(
     small: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    convert_checkpoint(small, tmp_path / "quiet.gguf", quant="Q8_0")  # stderr is not a terminal here
-    assert capfd.readouterr() == ("", "")
-    convert_checkpoint(small, tmp_path / "shown.gguf", quant="Q8_0", progress=True)
-    err = capfd.readouterr().err
-    assert "converting 100%" in err and "quantizing to Q8_0 100%" in err
+    heard: list[tuple[str, float, float, str]] = []
+    convert_checkpoint(small, tmp_path / "heard.gguf", quant="Q8_0", on_progress=lambda *a: heard.append(a))
+    assert capfd.readouterr() == ("", "")  # the library writes nothing to the terminal
+    stages = list(dict.fromkeys(stage for stage, *_ in heard))
+    assert stages == ["converting", "quantizing to Q8_0"]
+    for stage, unit in zip(stages, ("bytes", "tensors")):
+        seen = [(done, total) for s, done, total, u in heard if s == stage and u == unit]
+        assert seen and seen[-1][0] == seen[-1][1] > 0, stage  # each stage ends complete
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen), stage  # and never goes back
+
+
+def test_the_convert_command_draws_its_bars_only_when_asked_or_on_a_terminal(small: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from gram_local.convert.__main__ import convert_command
+
+    quiet = CliRunner().invoke(convert_command, [str(small), "-o", str(tmp_path / "quiet.gguf"), "-q", "Q8_0"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""  # stderr is not a terminal here
+    shown = CliRunner().invoke(convert_command, [str(small), "-o", str(tmp_path / "shown.gguf"), "-q", "Q8_0", "--progress"])
+    assert shown.exit_code == 0, shown.output
+    assert "converting 100%" in shown.stderr and "quantizing to Q8_0 100%" in shown.stderr
 
 
 def test_quantization_is_silent_and_restores_the_log_callback(
@@ -115,3 +131,17 @@ def test_quantization_is_silent_and_restores_the_log_callback(
     assert current_callback() == before
     info = read_gguf_info(tmp_path / "q6.gguf")
     assert info.metadata["general.file_type"] == 18 and info.tensor_types["blk.0.ffn_up.weight"] == "Q6_K"
+
+
+def test_quantize_failures_name_llama_cpps_errors_not_its_warnings() -> None:
+    from gram_local.convert.quantize import _LogSink
+
+    sink = _LogSink("quantizing to Q4_K_M", None)
+    sink(2, b"llama_model_quantize_impl: loading model\n", None)  # INFO
+    sink(3, b"a tensor is not a multiple of 256; falling back\n", None)  # WARN
+    sink(4, b"failed to open out.gguf: No space left on device\n", None)  # ERROR
+    assert sink.reason() == "failed to open out.gguf: No space left on device"
+    quiet = _LogSink("quantizing to Q4_K_M", None)
+    quiet(2, b"one\n", None)
+    quiet(3, b"two\n", None)
+    assert quiet.reason() == "one; two"  # no error logged: the last lines say what happened

@@ -126,3 +126,36 @@ class _Lines:
 
     def flush(self) -> None:
         self.out.flush()
+
+
+class StageProgress:
+    """The converter's stages as bars on stderr (`convert.progress.ProgressCallback`): one tqdm bar
+    per stage, bytes shown in GB."""
+
+    def __init__(self, out: IO[str] | None = None) -> None:
+        self.out = out if out is not None else sys.stderr
+        self._stage: str | None = None
+        self._bar: Any = None
+
+    def __call__(self, stage: str, done: float, total: float, unit: str) -> None:
+        scale, shown, digits = (1e-9, "GB", 2) if unit == "bytes" else (1.0, unit, 0)
+        if stage != self._stage:
+            self.close()
+            self._stage = stage
+            self._bar = tqdm(total=total * scale, desc=stage, file=self.out, mininterval=0.1,
+                             bar_format=f"{{desc}} {{percentage:3.0f}}% |{{bar:30}}| {{n:.{digits}f}}/{{total:.{digits}f}} "
+                                        f"{shown} {{elapsed}}")
+        self._bar.total = total * scale
+        self._bar.update(done * scale - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self._stage = None
+
+    def __enter__(self) -> StageProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -6,18 +6,20 @@ Results go to stdout; warnings and the one-line error to stderr. Exit codes (`ha
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from gram_local.cli.common import handle_errors
+from gram_local.cli.display import StageProgress
 from gram_local.errors import GramLocalError, ModelError
 from gram_local.store import (
     DEFAULT_QUANT,
@@ -99,6 +101,13 @@ def models_group() -> None:
     """Download, import, check and remove the GGUF models gram-local judges with."""
 
 
+@contextlib.contextmanager
+def _store_showing_progress() -> Iterator[ModelStore]:
+    """The store, drawing its conversions' progress on stderr when that is a terminal."""
+    with StageProgress() as bar:
+        yield ModelStore(on_progress=bar if sys.stderr.isatty() else None)
+
+
 @models_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON records instead of a table.")
 @handle_errors
@@ -136,7 +145,9 @@ def list_command(as_json: bool) -> None:
 @_shows_warnings
 def pull_command(name: str, quants: tuple[str, ...]) -> None:
     """Download NAME's pinned revision, verify it, convert and quantize it into the store."""
-    for m in ModelStore().pull(name, quants=quants or (DEFAULT_QUANT,)):
+    with _store_showing_progress() as store:
+        pulled = store.pull(name, quants=quants or (DEFAULT_QUANT,))
+    for m in pulled:
         click.echo(f"pulled {_describe(m)}")
 
 
@@ -158,7 +169,9 @@ def pull_command(name: str, quants: tuple[str, ...]) -> None:
 @_shows_warnings
 def import_command(path: Path, name: str | None, quants: tuple[str, ...], link: bool) -> None:
     """Register a local Hugging Face checkpoint directory (converted) or a GGUF file, for air-gapped machines."""
-    for m in ModelStore().import_path(path, name=name, quants=quants or None, link=link):
+    with _store_showing_progress() as store:
+        imported = store.import_path(path, name=name, quants=quants or None, link=link)
+    for m in imported:
         click.echo(f"imported {_describe(m)}")
 
 
@@ -226,8 +239,8 @@ def rm_command(name: str, quant: str | None) -> None:
 @_shows_warnings
 def lock_command(names: tuple[str, ...], revision: str | None, outputs: bool, quants: tuple[str, ...]) -> None:
     """Resolve revisions and hashes from the hub and write them into models.lock (needs network access)."""
-    store = ModelStore()
-    lock = store.update_lock(names or None, revision=revision, outputs=outputs, quants=quants or None)
+    with _store_showing_progress() as store:
+        lock = store.update_lock(names or None, revision=revision, outputs=outputs, quants=quants or None)
     for n in names or lock.models:
         entry = lock.models[normalize_name(n)]
         pinned = ", ".join(q for q, o in entry.outputs.items() if o is not None) or "none"

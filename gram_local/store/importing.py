@@ -13,7 +13,7 @@ import logging
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gram_local.errors import (
     InputError,
@@ -34,6 +34,9 @@ from gram_local.store.lock import (
 )
 from gram_local.store.names import normalize_name, normalize_quant
 from gram_local.store.registry import Output, Registry, StoredModel
+
+if TYPE_CHECKING:
+    from gram_local.convert.progress import ProgressCallback
 
 __all__ = ["build", "check_sources", "convertible", "import_checkpoint", "import_gguf", "register"]
 
@@ -98,7 +101,8 @@ def check_sources(folder: Path, entry: LockedModel | None, *, origin: Literal["d
 
 @contextlib.contextmanager
 def build(
-    checkpoint: Path, entry: LockedModel | None, quants: Sequence[str], *, work_root: Path, check: bool = True
+    checkpoint: Path, entry: LockedModel | None, quants: Sequence[str], *, work_root: Path, check: bool = True,
+    on_progress: ProgressCallback | None = None,
 ) -> Iterator[list[Output]]:
     """Convert once to the checkpoint's own precision, then quantize to each of `quants`.
 
@@ -113,18 +117,18 @@ def build(
     with staging(work_root) as tmp:
         for q in (q for q in wanted if q in CONVERTER_OUTPUTS):
             logger.info("converting %s to %s", checkpoint, q)
-            out = convert_checkpoint(checkpoint, tmp / f"{q}.gguf", quant=q)
+            out = convert_checkpoint(checkpoint, tmp / f"{q}.gguf", quant=q, on_progress=on_progress)
             outputs.append(_check_output(entry, q, out, check=check))
         quantized = [q for q in wanted if q not in CONVERTER_OUTPUTS]
         if quantized:
             base = next((o for o in outputs if o.quant == base_quant), None)
             if base is None:
                 logger.info("converting %s to %s", checkpoint, base_quant)
-                path = convert_checkpoint(checkpoint, tmp / f"{base_quant}.gguf", quant=base_quant)
+                path = convert_checkpoint(checkpoint, tmp / f"{base_quant}.gguf", quant=base_quant, on_progress=on_progress)
                 base = _check_output(entry, base_quant, path, check=check)
             for q in quantized:
                 logger.info("quantizing to %s", q)
-                out = quantize_gguf(base.path, tmp / f"{q}.gguf", q)
+                out = quantize_gguf(base.path, tmp / f"{q}.gguf", q, on_progress=on_progress)
                 outputs.append(_check_output(entry, q, out, check=check))
             if base_quant not in wanted:
                 base.path.unlink()
@@ -132,7 +136,8 @@ def build(
 
 
 def import_checkpoint(
-    registry: Registry, pins: Pins, folder: Path, *, name: str | None, quants: Sequence[str], work_root: Path
+    registry: Registry, pins: Pins, folder: Path, *, name: str | None, quants: Sequence[str], work_root: Path,
+    on_progress: ProgressCallback | None = None,
 ) -> list[StoredModel]:
     """Convert a local Hugging Face checkpoint to each of `quants` and register the results."""
     quants = convertible(quants)
@@ -151,7 +156,7 @@ def import_checkpoint(
     source: dict[str, Any] = {"kind": "checkpoint", "path": str(folder.resolve()), "files": [vars(f) for f in files]}
     if entry is not None:
         source.update(repo=entry.repo, revision=entry.revision)
-    with build(folder, entry, quants, work_root=work_root) as outputs:
+    with build(folder, entry, quants, work_root=work_root, on_progress=on_progress) as outputs:
         return [register(registry, final_name, o, source=source) for o in outputs]
 
 

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gram_local.config import DEFAULT_QUANT
 from gram_local.errors import InputError, ModelError, ModelNotFoundError
@@ -34,14 +35,19 @@ from gram_local.store.registry import Registry, StoredModel
 from gram_local.store.resolve import ResolvedModel, is_gguf, resolve
 from gram_local.store.verify import Verification, verify_model
 
+if TYPE_CHECKING:
+    from gram_local.convert.progress import ProgressCallback
+
 __all__ = ["ModelStore", "resolve_model"]
 
 
 class ModelStore:
     """The store under `home` (default `paths.store_home()`) with the pins of `lock` (default models.lock)."""
 
-    def __init__(self, home: Path | None = None, lock: ModelLock | None = None) -> None:
+    def __init__(self, home: Path | None = None, lock: ModelLock | None = None, *,
+                 on_progress: ProgressCallback | None = None) -> None:
         self.home = (store_home() if home is None else Path(home)).expanduser().absolute()
+        self.on_progress = on_progress  # hears the conversions' progress (the CLI draws it)
         self.pins = Pins(lock)
         self.registry = Registry(self.home / "models")
 
@@ -81,7 +87,7 @@ class ModelStore:
         folder, commit = download(entry)
         files = check_sources(folder, entry, origin="download")
         source = {"kind": "hub", "repo": entry.repo, "revision": commit, "files": [vars(f) for f in files]}
-        with build(folder, entry, quants, work_root=self.work_dir) as outputs:
+        with build(folder, entry, quants, work_root=self.work_dir, on_progress=self.on_progress) as outputs:
             return [register(self.registry, entry.name, o, source=source) for o in outputs]
 
     def import_path(
@@ -93,7 +99,8 @@ class ModelStore:
             if link:
                 raise InputError("--link applies to a .gguf file, not to a checkpoint directory (which is converted)")
             return import_checkpoint(
-                self.registry, self.pins, path, name=name, quants=quants or (DEFAULT_QUANT,), work_root=self.work_dir
+                self.registry, self.pins, path, name=name, quants=quants or (DEFAULT_QUANT,), work_root=self.work_dir,
+                on_progress=self.on_progress,
             )
         if not path.is_file():
             raise ModelNotFoundError(f"{path} does not exist")
@@ -150,7 +157,7 @@ class ModelStore:
         folder, _ = download(entry)
         files = check_sources(folder, entry, origin="download")
         source = {"kind": "hub", "repo": entry.repo, "revision": entry.revision, "files": [vars(f) for f in files]}
-        with build(folder, entry, wanted, work_root=self.work_dir, check=False) as built:
+        with build(folder, entry, wanted, work_root=self.work_dir, check=False, on_progress=self.on_progress) as built:
             stored = [register(self.registry, entry.name, o, source=source) for o in built]
         pinned = dict(entry.outputs)
         for m in stored:
