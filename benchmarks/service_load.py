@@ -1,13 +1,16 @@
 """Load on `gram-local serve` (a script, not a test): throughput and latency by concurrency, and memory.
 
-Starts the service on a free loopback port (or uses --url), then sends the same `--requests`
+Starts the service on a free loopback port, then sends the same `--requests`
 compares with 1 client (one after another), then 4 and 8 concurrent clients, and prints
 requests/minute and p50/p95 latency for each. With `--rss-requests N` it also sends N small
 answer-at-once compares (4 clients) and prints the service's RSS before and after. Then it fills
 the queue and disconnects a stream, and says what the service answered.
 
     python benchmarks/service_load.py --model SmolLM2-135M-Instruct.Q4_1.gguf --requests 16 \
-        --max-think-tokens 32 --rss-requests 1000
+        --max-think-tokens 32 --threads 1 --rss-requests 1000
+
+(the command of benchmarks/results/service-load-smollm2.txt: one llama.cpp thread, as on a shared
+2-core machine its spinning thread barriers make two threads far slower)
 """
 
 from __future__ import annotations

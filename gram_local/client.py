@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from gram_local.config import DEFAULT_VOTES, ENV_API_KEY
+from gram_local.config import DEFAULT_RANK_METHOD, DEFAULT_VOTES, ENV_API_KEY
 from gram_local.errors import (
     BackendError,
     Cancelled,
@@ -31,7 +31,7 @@ from gram_local.errors import (
     UnauthorizedError,
 )
 from gram_local.operations import ThinkCallback
-from gram_local.results import BestOfNResult, CompareResult, JudgeResult, RankResult, VoteResult
+from gram_local.results import BestOfNResult, CompareResult, JudgeResult, ModelInfo, PromptView, RankResult, VoteResult
 
 J = TypeVar("J", bound=JudgeResult)
 
@@ -62,7 +62,7 @@ def error_from(status: int, body: Any) -> GramLocalError:
 
 
 class Client:
-    """The service's judge: `compare`, `vote`, `rank`, `best_of_n`, `compare_many`, as on `Judge`."""
+    """The service's judge: `compare`, `vote`, `rank`, `best_of_n`, `compare_many`, `prompt`, `close`, as on `Judge`."""
 
     def __init__(self, base_url: str = "http://127.0.0.1:8765", api_key: str | None = None, *, timeout: float | None = None,
                  in_flight: int = 8) -> None:
@@ -112,12 +112,15 @@ class Client:
         data: list[dict[str, Any]] = self._get("/v1/models")["data"]
         return data
 
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        with self._request("POST", path, json.dumps(payload).encode()) as response:
+            result: dict[str, Any] = json.loads(response.read())
+            return result
+
     def _call(self, op: str, body: dict[str, Any], on_think: ThinkCallback | None) -> dict[str, Any]:
         payload = {k: v for k, v in body.items() if v is not None}
         if on_think is None:
-            with self._request("POST", f"/v1/{op}", json.dumps(payload).encode()) as response:
-                result: dict[str, Any] = json.loads(response.read())
-                return result
+            return self._post(f"/v1/{op}", payload)
         payload["stream"] = True
         with self._request("POST", f"/v1/{op}", json.dumps(payload).encode(), accept="text/event-stream") as response:
             for event, data in _events(response):
@@ -131,6 +134,14 @@ class Client:
 
     # ------------------------------------------------------------ the judge's methods
 
+    def prompt(self, question: str, response_a: str, response_b: str, **overrides: Any) -> PromptView:
+        """Exactly what the model is fed for the order a, b (rendered and tokenized by the service)."""
+        body = {"question": question, "a": response_a, "b": response_b, **overrides}
+        data = self._post("/v1/prompt", {k: v for k, v in body.items() if v is not None})
+        model = data.get("model")
+        return PromptView(text=str(data["text"]), tokens=[int(t) for t in data["tokens"]],
+                          model=ModelInfo.from_dict(model) if isinstance(model, dict) else None)
+
     def compare(self, question: str, a: str, b: str, *, swap: bool = False, on_think: ThinkCallback | None = None,
                 **overrides: Any) -> CompareResult:
         """Which of a and b answers the question better; with swap, both orders (disagreement: tie)."""
@@ -143,7 +154,7 @@ class Client:
         body = {"question": question, "a": a, "b": b, "votes": k, "temperature": temperature, "top_p": top_p, **overrides}
         return VoteResult.from_dict(self._call("vote", body, on_think))
 
-    def rank(self, question: str, responses: Sequence[str], *, method: str = "sort", swap: bool = False,
+    def rank(self, question: str, responses: Sequence[str], *, method: str = DEFAULT_RANK_METHOD, swap: bool = False,
              on_think: ThinkCallback | None = None, **overrides: Any) -> RankResult:
         """All responses best first."""
         body = {"question": question, "responses": list(responses), "method": method, "swap": swap, **overrides}
@@ -182,7 +193,7 @@ class Client:
                     future.cancel()
 
     def batch(self, rows: Iterable[Mapping[str, Any]], *, swap: bool = False, votes: int | None = None,
-              method: str = "sort") -> Iterator[dict[str, Any]]:
+              method: str = DEFAULT_RANK_METHOD) -> Iterator[dict[str, Any]]:
         """`gram-local batch` rows in, their records out as each task finishes (the service's order)."""
         body = b"".join(json.dumps(dict(row), ensure_ascii=False).encode() + b"\n" for row in rows)
         query = f"?swap={'true' if swap else 'false'}&method={method}" + (f"&votes={votes}" if votes else "")
@@ -191,6 +202,11 @@ class Client:
             for line in response:
                 if line.strip():
                     yield json.loads(line)
+
+    def close(self) -> None:
+        """As `Judge.close`, so code written for a judge runs unchanged. A client holds nothing
+        between calls (each opens its own connection): there is nothing to release, and calling it
+        again is harmless."""
 
 
 def _status_of(data: Mapping[str, Any]) -> int:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import re
+import urllib.parse
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from typing import Any
 
 import pytest
@@ -13,9 +18,9 @@ from fake_backend import scripted_judge  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from gram_local.errors import InputError, RequestSyntaxError, UnsafeBindError  # noqa: E402
-from gram_local.results import BestOfNResult, CompareResult, RankResult, VoteResult  # noqa: E402
+from gram_local.results import BestOfNResult, CompareResult, PromptView, RankResult, VoteResult  # noqa: E402
 from gram_local.service.app import create_app  # noqa: E402
-from gram_local.service.bodies import _COMMON, _FIELDS, Limits, parse_call, parse_json  # noqa: E402
+from gram_local.service.bodies import _COMMON, _FIELDS, PROMPT_FIELDS, Limits, parse_call, parse_json  # noqa: E402
 from gram_local.service.openapi import openapi_document  # noqa: E402
 from gram_local.service.server import check_bind  # noqa: E402
 from gram_local.service.state import ServiceOptions, ServiceState  # noqa: E402
@@ -212,10 +217,11 @@ def test_the_openapi_document_describes_the_bodies_the_service_takes() -> None:
         assert doc["paths"][f"/v1/{op}"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(schema)
     for name, kind in [("CompareResult", CompareResult), ("VoteResult", VoteResult), ("RankResult", RankResult),
                        ("BestOfNResult", BestOfNResult)]:
-        import dataclasses
-
         assert set(schemas[name]["properties"]) == {f.name for f in dataclasses.fields(kind)}
     assert {"/v1/batch", "/v1/models", "/health", "/"} <= set(doc["paths"])
+    assert set(schemas["PromptRequest"]["properties"]) == PROMPT_FIELDS
+    assert doc["paths"]["/v1/prompt"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("PromptRequest")
+    assert set(schemas["PromptView"]["properties"]) == {f.name for f in dataclasses.fields(PromptView)}
 
 
 def test_a_request_past_its_deadline_is_504_and_gives_its_place_back() -> None:
@@ -230,3 +236,219 @@ def test_a_request_past_its_deadline_is_504_and_gives_its_place_back() -> None:
             assert client.get("/health").json()["queue"] == 0  # its place in the queue was given back
     finally:
         state.worker.stop()
+
+
+def test_openapi_json_is_served_and_is_the_document_every_path_of_which_is_routed(service: tuple[TestClient, ServiceState]) -> None:
+    client, _ = service
+    response = client.get("/openapi.json")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
+    served = json.loads(response.content)
+    assert {"/v1/compare", "/v1/vote", "/v1/rank", "/v1/best-of-n", "/v1/batch", "/v1/prompt", "/v1/models",
+            "/health"} <= set(served["paths"])
+    assert served == openapi_document()
+    for path, methods in served["paths"].items():  # the document names no route the app lacks
+        for method in methods:
+            answer = client.request(method.upper(), path, content=b"{}")
+            assert answer.status_code not in (404, 405), (method, path, answer.text)
+
+
+# ---------------------------------------------------------------- /v1/prompt and the client's methods
+
+
+def test_prompt_is_what_the_judge_feeds_the_model_for_the_order_a_b(service: tuple[TestClient, ServiceState]) -> None:
+    client, state = service
+    judge = state.require_worker().judge
+    plain = client.post("/v1/prompt", json=PAIR)
+    assert plain.status_code == 200, plain.text
+    assert plain.json() == judge.prompt(PAIR["question"], PAIR["a"], PAIR["b"]).to_dict()
+    dated = client.post("/v1/prompt", json=PAIR | {"date": "2025-01-02"}).json()
+    assert dated == judge.prompt(PAIR["question"], PAIR["a"], PAIR["b"], date="2025-01-02").to_dict()
+    assert "02 Jan 2025" in dated["text"] and "02 Jan 2025" not in plain.json()["text"]
+    assert dated["text"].index(PAIR["a"]) < dated["text"].index(PAIR["b"]) and dated["tokens"]
+    assert dated["model"] == {"path": "scripted.gguf", "name": "fake", "sha256": "f" * 64, "quantization": "F16"}
+    for body, needle in [
+        (PAIR | {"stream": True}, "unknown field(s) for prompt: stream"),
+        (PAIR | {"swap": True}, "unknown field(s) for prompt: swap"),
+        ({"question": "q", "a": "x"}, "missing 'b'"),
+        (PAIR | {"max_think_tokens": 65}, "limit of 64"),
+        ({"question": "q", "a": "", "b": "y"}, "response a"),
+    ]:
+        bad = client.post("/v1/prompt", json=body)
+        assert bad.status_code == 422 and needle in bad.json()["error"]["message"], (body, bad.text)
+    assert client.get("/health").json()["queue"] == 0  # each prompt gave its place in the queue back
+
+
+def test_prompt_is_503_while_loading() -> None:
+    with TestClient(create_app(ServiceState(options()))) as client:
+        busy = client.post("/v1/prompt", json=PAIR)
+        assert busy.status_code == 503 and busy.json()["error"]["type"] == "ServiceBusyError"
+
+
+# Judge methods that run programs on the engine or describe its settings: a service client has no
+# engine; every other public method of Judge must have its counterpart on Client.
+ENGINE_SIDE = {"run", "run_many", "compare_program", "vote_program", "rank_program", "best_of_n_program", "head_tokens",
+               "settings_record", "vote_settings"}
+JUDGING = {"compare", "vote", "rank", "best_of_n", "compare_many", "prompt", "close"}
+
+
+def test_the_client_has_every_judging_method_of_judge_with_the_same_parameters() -> None:
+    import inspect
+
+    from gram_local.client import Client
+    from gram_local.judge import Judge
+
+    public = {name for name, value in vars(Judge).items() if callable(value) and not name.startswith("_")}
+    assert public - ENGINE_SIDE == JUDGING
+    for name in sorted(JUDGING):
+        ours, theirs = inspect.signature(getattr(Client, name)), inspect.signature(getattr(Judge, name))
+        assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == \
+            [(p.name, p.kind, p.default) for p in theirs.parameters.values()], name
+        assert ours.return_annotation == theirs.return_annotation, name
+    client = Client("http://127.0.0.1:9")  # nothing listens there: close needs no service, and twice is fine
+    client.close()
+    client.close()
+
+
+# ---------------------------------------------------------------- the log and the page
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_the_log_has_a_line_per_request_and_never_the_texts(service: tuple[TestClient, ServiceState]) -> None:
+    client, _ = service
+    marker = "Zebra-Marker-5512"
+    pair = {"question": f"{marker}: which is longer?", "a": f"{marker} a long answer here", "b": f"{marker} b"}
+    responses = [f"{marker} one", f"{marker} three words here", f"{marker} two"]
+    logger = logging.getLogger("gram_local.service")
+    handler, level = _Lines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        sent: list[tuple[str, int]] = []
+        for path, body in [("/v1/compare", pair | {"swap": True}), ("/v1/vote", pair | {"votes": 3}),
+                           ("/v1/rank", {"question": pair["question"], "responses": responses}),
+                           ("/v1/best-of-n", {"question": pair["question"], "responses": responses}),
+                           ("/v1/prompt", pair), ("/v1/compare", pair | {"b": ""})]:
+            answer = client.post(path, json=body)
+            sent.append((answer.headers["x-request-id"], answer.status_code))
+        with client.stream("POST", "/v1/compare", json=pair | {"stream": True},
+                           headers={"Accept": "text/event-stream"}) as streamed:
+            assert "event: result" in "".join(streamed.iter_lines())
+            sent.append((streamed.headers["x-request-id"], 200))
+        batch = client.post("/v1/batch", content=json.dumps({"id": "t1"} | pair) + "\n")
+        assert json.loads(batch.text)["status"] == "ok"
+        sent.append((batch.headers["x-request-id"], 200))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert [status for _, status in sent] == [200] * 5 + [422, 200, 200]
+    for request_id, status in sent:
+        line = [line for line in handler.lines if line.startswith(f"request {request_id} POST /v1/")]
+        assert len(line) == 1 and f" status={status}" in line[0], (request_id, handler.lines)
+    assert handler.lines and not [line for line in handler.lines if marker in line]
+
+
+class _PageLinks(HTMLParser):
+    """Every URL a page (or an HTML snippet in its script) would load or point at, and its scripts' and styles' text."""
+
+    URL_ATTRIBUTES = {"src", "href", "action", "formaction", "poster", "data", "background", "cite", "manifest", "ping",
+                      "xlink:href", "srcset", "imagesrcset"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.urls: list[str] = []
+        self.scripts: list[str] = []
+        self.styles: list[str] = []
+        self._inside: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if value is None:
+                continue
+            if name in ("srcset", "imagesrcset"):
+                self.urls += [part.split()[0] for part in value.split(",") if part.strip()]
+            elif name in self.URL_ATTRIBUTES:
+                self.urls.append(value)
+            elif name == "style":
+                self.styles.append(value)
+            elif tag == "meta" and name == "content" and "url=" in value.lower():
+                self.urls.append(value[value.lower().index("url=") + 4:])
+        if tag in ("script", "style"):
+            self._inside = tag
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == self._inside:
+            self._inside = None
+
+    def handle_data(self, data: str) -> None:
+        if self._inside == "script":
+            self.scripts.append(data)
+        elif self._inside == "style":
+            self.styles.append(data)
+
+
+_JS_STRING = re.compile(r"""'(?:\\.|[^'\\\n])*'|"(?:\\.|[^"\\\n])*"|`(?:\\.|[^`\\])*`""")
+_JS_LOADS = re.compile(r"""\b(?:fetch|import|importScripts|EventSource|WebSocket|Worker|SharedWorker|sendBeacon|open)\s*\(\s*("""
+                       + _JS_STRING.pattern + ")")
+_JS_IMPORT_FROM = re.compile(r"""\bimport\b[^;'"`]*?(?:\bfrom\s*)?(""" + _JS_STRING.pattern + ")")
+_CSS_URL = re.compile(r"""url\(\s*(['"]?)([^'")]*)\1\s*\)|@import\s+(['"])([^'"]*)\3""", re.IGNORECASE)
+
+
+def _is_external(url: str) -> bool:
+    url = url.strip()
+    parts = urllib.parse.urlsplit(url)
+    return url.startswith("//") or bool(parts.netloc) or parts.scheme.lower() not in ("", "data", "blob")
+
+
+def page_references(html: str) -> tuple[list[str], list[str]]:
+    """(every URL the page refers to, the targets of its scripts' fetch/import calls)."""
+    page = _PageLinks()
+    page.feed(html)
+    page.close()
+    urls, loads = list(page.urls), []
+    for script in page.scripts:
+        literals = [m.group(0)[1:-1] for m in _JS_STRING.finditer(script)]
+        loads += [m.group(1)[1:-1] for m in _JS_LOADS.finditer(script)]
+        loads += [m.group(1)[1:-1] for m in _JS_IMPORT_FROM.finditer(script)]
+        for text in literals:
+            if "<" in text:  # markup a script writes (innerHTML): its attributes count too
+                urls += page_references(text)[0]
+            elif re.match(r"\s*(?:[a-z][a-z0-9+.-]*:)?//", text, re.IGNORECASE):
+                urls.append(text)
+    for style in page.styles:
+        for m in _CSS_URL.finditer(style):
+            urls.append(m.group(2) if m.group(2) is not None else m.group(4))
+    return urls + loads, loads
+
+
+@pytest.mark.parametrize("snippet", [
+    '<script src="https://cdn.example/vue.js"></script>',
+    '<link rel="stylesheet" href="//fonts.example/inter.css">',
+    '<img srcset="/a.png 1x, http://img.example/a@2x.png 2x">',
+    '<script type="module">import { h } from "https://esm.example/preact";</script>',
+    "<script>const mod = await import('https://esm.example/x.js');</script>",
+    '<script>fetch("http://api.example/v1/compare", {method: "POST"});</script>',
+    "<script>box.innerHTML = '<img src=\"//cdn.example/a.png\">';</script>",
+    "<style>@import url(https://fonts.example/a.css); body { color: red; }</style>",
+    '<div style="background: url(\'https://img.example/bg.png\')"></div>',
+])
+def test_the_no_external_url_check_finds_what_a_cdn_would_add(snippet: str) -> None:
+    urls, _ = page_references(f"<!doctype html><html><head></head><body>{snippet}</body></html>")
+    assert any(_is_external(u) for u in urls), urls
+
+
+def test_the_page_loads_nothing_from_outside_the_service(service: tuple[TestClient, ServiceState]) -> None:
+    client, _ = service
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    urls, loads = page_references(response.text)
+    assert [u for u in urls if _is_external(u)] == []
+    assert "/health" in loads and any(t.startswith("/v1/") for t in loads)  # the checker saw the page's own calls
+    assert all(t.startswith("/") and not t.startswith("//") for t in loads), loads

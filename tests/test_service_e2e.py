@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from service_process import REPO, ServiceProcess, get, post  # noqa: E402
 
 from gram_local.client import Client  # noqa: E402
 from gram_local.errors import ContextOverflowError, ServiceBusyError, UnauthorizedError  # noqa: E402
+from gram_local.results import BestOfNResult, Comparison, Judgment, PromptView, RankResult, VoteResult  # noqa: E402
 
 PAIRS = [
     ("What is the capital of France?", "Paris is the capital of France.", "The capital of France is Lyon."),
@@ -102,6 +104,82 @@ def test_client_streams_the_reasoning_as_it_is_generated(server: ServiceProcess)
         assert judgment.output.startswith("<think>\n" + "".join(deltas[index]))
     batch = list(Client(server.url).batch([{"id": "x", "question": PAIRS[1][0], "a": "4", "b": "5"}, {"id": "y", "question": "q"}]))
     assert {r["id"]: r["status"] for r in batch} == {"x": "ok", "y": "error"}
+
+
+def test_client_vote_rank_best_of_n_and_prompt_rebuild_as_the_judges_dataclasses(server: ServiceProcess,
+                                                                                 smollm2_path: Path) -> None:
+    client = Client(server.url)
+    question, responses = "What is 2+2?", ["4", "5", "four"]
+    vote = client.vote(question, "4", "5", k=3, max_think_tokens=2)
+    assert isinstance(vote, VoteResult) and len(vote.judgments) == 3 and all(isinstance(j, Judgment) for j in vote.judgments)
+    assert vote.votes == {"a": sum(j.prefers == "a" for j in vote.judgments), "b": sum(j.prefers == "b" for j in vote.judgments)}
+    assert vote.winner in ("a", "b") and vote.votes[vote.winner] >= 2  # three votes cannot split evenly
+    assert vote.settings["max_think_tokens"] == 2 and vote.settings["temperature"] > 0  # sampled, as Judge.vote does
+    assert all(j.order == "AB" and j.think_tokens <= 2 for j in vote.judgments)
+
+    rank = client.rank(question, responses, method="round-robin", max_think_tokens=0)
+    assert isinstance(rank, RankResult) and sorted(rank.ranking) == [0, 1, 2] and len(rank.scores) == 3
+    assert all(isinstance(c, Comparison) for c in rank.comparisons)
+    assert sorted(sorted((c.a, c.b)) for c in rank.comparisons) == [[0, 1], [0, 2], [1, 2]]  # every pair, once
+    assert [rank.scores[i] for i in rank.ranking] == sorted(rank.scores, reverse=True)
+    assert rank.settings["method"] == "round-robin" and rank.model is not None and rank.model.path == str(smollm2_path)
+
+    best = client.best_of_n(question, responses, max_think_tokens=0)
+    assert isinstance(best, BestOfNResult) and best.best in (0, 1, 2) and len(best.comparisons) == 2 == len(best.judgments)
+    final = best.comparisons[-1]
+    assert final.winner in ("a", "b") and best.best == (final.a if final.winner == "a" else final.b)
+
+    view = client.prompt(question, "4", "5")
+    assert isinstance(view, PromptView) and view.model is not None and view.model.path == str(smollm2_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cli = subprocess.run([sys.executable, "-m", "gram_local", "prompt", "-m", str(smollm2_path), "-q", question, "-a", "4",
+                          "-b", "5", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert view.to_dict() == json.loads(cli.stdout)  # what `gram-local prompt --json` prints
+    with pytest.raises(ContextOverflowError):
+        client.prompt("word " * 3000, "4", "5")
+    client.close()
+    client.close()
+
+
+def test_the_service_log_has_each_request_and_never_the_texts(server: ServiceProcess) -> None:
+    marker = "Okapi-Marker-8841"
+    pair = {"question": f"{marker}: what is 2+2?", "a": f"4 ({marker})", "b": f"5 ({marker})", "max_think_tokens": 2}
+    sent = []
+    for path, body, status in [("/v1/compare", pair, 200), ("/v1/prompt", pair, 200), ("/v1/compare", pair | {"b": ""}, 422)]:
+        got, headers, answer = post(server.url + path, body)
+        assert got == status, answer
+        sent.append((headers["x-request-id"], path, status))
+    for request_id, path, status in sent:
+        expected = f"request {request_id} POST {path} op={path.rsplit('/', 1)[1]} "
+        deadline = time.monotonic() + 30  # the line is written once the response has gone out
+        while not [line for line in server.lines if expected in line] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        line = [line for line in server.lines if expected in line]
+        assert len(line) == 1 and f" status={status}" in line[0], (expected, server.log)
+    assert marker not in server.log, server.log
+
+
+def test_sigint_lets_a_request_in_flight_finish_then_exits_cleanly(smollm2_path: Path) -> None:
+    service = ServiceProcess(smollm2_path, "--ctx", "1024", "--parallel", "1", "--max-think-tokens", "64", "--threads", "1",
+                             "--grace", "30").wait_ready()
+    try:
+        conn, response = _open_stream(service.url, {"question": "Explain in detail how rainbows form.",
+                                                    "a": "Light refracts in droplets.", "b": "Magic."})
+        service.proc.send_signal(signal.SIGINT)
+        rest = response.read()  # the stream goes on to its result: the grace period is not cut short
+        conn.close()
+        assert b"event: result" in rest and b"event: error" not in rest, rest[-500:]
+        assert service.stop(timeout=60) == 0, service.log
+        log = service.log
+        assert "stopping: in-flight requests get 30 s" in log and "stopped" in log, log
+        request = [line for line in service.lines if "POST /v1/compare op=compare" in line]
+        assert len(request) == 1 and " status=200" in request[0], log
+        # The request was still in flight when the signal arrived: its line comes after the stop began.
+        assert service.lines.index(request[0]) > [i for i, line in enumerate(service.lines) if "stopping:" in line][0], log
+        assert "Traceback" not in log and "KeyboardInterrupt" not in log, log
+    finally:
+        service.stop()
 
 
 def _open_stream(url: str, body: dict[str, Any]) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:

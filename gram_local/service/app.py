@@ -28,7 +28,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gram_local.batch.tasks import TaskDefaults, dedupe, parse_tasks
-from gram_local.config import RETRY_AFTER
+from gram_local.config import DEFAULT_RANK_METHOD, LOADING_RETRY_AFTER, RETRY_AFTER
 from gram_local.errors import (
     Cancelled,
     ContextOverflowError,
@@ -41,7 +41,7 @@ from gram_local.errors import (
     UnauthorizedError,
 )
 from gram_local.operations import METHODS, OPERATIONS
-from gram_local.service.bodies import parse_call, parse_json
+from gram_local.service.bodies import parse_call, parse_json, parse_prompt
 from gram_local.service.openapi import openapi_document
 from gram_local.service.state import ServiceState
 from gram_local.service.streams import Stopwatch, ThinkQueue, batch_lines, error_body, judge_events, own_tokens
@@ -150,6 +150,19 @@ async def judge_endpoint(request: Request) -> Response:
             ticket.release()
 
 
+async def prompt_endpoint(request: Request) -> Response:
+    """What the model is fed for the order a, b (`gram-local prompt --json`): rendered, tokenized and
+    checked against the context off the event loop; nothing is generated."""
+    _log_fields(request)["op"] = "prompt"
+    state: ServiceState = request.app.state.service
+    worker = state.require_worker()
+    raw = await read_body(request, state.options.max_body)
+    call = parse_prompt(parse_json(raw), state.limits())
+    with worker.admit():
+        view = await asyncio.to_thread(worker.judge.prompt, call.question, call.a, call.b, **call.overrides)
+    return JSONResponse(view.to_dict())
+
+
 def _query_flag(request: Request, name: str) -> bool:
     value = request.query_params.get(name, "false").lower()
     if value not in ("true", "false", "1", "0"):
@@ -164,7 +177,7 @@ def _batch_defaults(request: Request, max_votes: int) -> TaskDefaults:
         if not votes_text.isdigit() or not 1 <= int(votes_text) <= max_votes:
             raise InputError(f"query parameter 'votes' must be an integer from 1 to {max_votes}")
         votes = int(votes_text)
-    method = request.query_params.get("method", "sort")
+    method = request.query_params.get("method", DEFAULT_RANK_METHOD)
     if method not in METHODS:
         raise InputError(f"query parameter 'method' must be one of {', '.join(METHODS)}")
     swap = _query_flag(request, "swap")
@@ -204,7 +217,7 @@ async def health_endpoint(request: Request) -> Response:
     state: ServiceState = request.app.state.service
     _log_fields(request)["op"] = "health"
     if state.worker is None:
-        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
+        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": str(LOADING_RETRY_AFTER)})
     stats = state.judge.backend.stats
     return JSONResponse({
         "status": "ok",
@@ -330,6 +343,7 @@ def create_app(state: ServiceState) -> Starlette:
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         Route("/v1/models", models_endpoint, methods=["GET"]),
         Route("/v1/batch", batch_endpoint, methods=["POST"]),
+        Route("/v1/prompt", prompt_endpoint, methods=["POST"]),
         Route("/v1/{op:str}", judge_endpoint, methods=["POST"]),
     ]
     app = Starlette(

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gram_local.config import DEFAULT_VOTES, POSITIONS
+from gram_local.config import DEFAULT_RANK_METHOD, DEFAULT_VOTES, POSITIONS
 from gram_local.errors import InputError, RequestSyntaxError
 from gram_local.operations import METHODS, OPERATIONS, ThinkCallback, with_overrides
 
@@ -61,7 +61,7 @@ class JudgeCall:
     responses: tuple[str, ...] = ()
     swap: bool = False
     votes: int = DEFAULT_VOTES
-    method: str = "sort"
+    method: str = DEFAULT_RANK_METHOD
     overrides: Mapping[str, Any] = field(default_factory=dict)
     stream: bool = False
 
@@ -87,6 +87,19 @@ class JudgeCall:
         if self.op == "vote":
             return "AB"
         return None  # rank and best-of-n: a coin per pair; the result's judgments say
+
+
+@dataclass(frozen=True)
+class PromptCall:
+    """One checked `/v1/prompt` request: the pair, and the settings that shape its prompt."""
+
+    question: str
+    a: str
+    b: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+PROMPT_FIELDS = {"question", "a", "b"} | set(OVERRIDES)
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -165,8 +178,16 @@ def parse_call(op: str, data: Mapping[str, Any], limits: Limits) -> JudgeCall:
         raise InputError(f"{op} needs at least 2 responses, got {len(responses)}")
     if len(responses) > limits.max_responses:
         raise InputError(f"{len(responses)} responses is over this service's limit of {limits.max_responses}")
-    method = data.get("method", "sort")
+    method = data.get("method", DEFAULT_RANK_METHOD)
     if method not in METHODS:
         raise InputError(f"'method' must be one of {', '.join(METHODS)}")
     return JudgeCall(op, question, responses=tuple(responses), swap=_flag(data, "swap"), method=method, overrides=overrides,
                      stream=stream)
+
+
+def parse_prompt(data: Mapping[str, Any], limits: Limits) -> PromptCall:
+    """Check a `/v1/prompt` body: the pair of `compare` and its settings (nothing to stream)."""
+    unknown = sorted(set(data) - PROMPT_FIELDS)
+    if unknown:
+        raise InputError(f"unknown field(s) for prompt: {', '.join(unknown)}")
+    return PromptCall(_text(data, "question"), _text(data, "a"), _text(data, "b"), overrides=_overrides(data, limits))

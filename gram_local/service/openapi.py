@@ -69,6 +69,10 @@ _SCHEMAS: dict[str, Any] = {
     "VoteRequest": _body(["question", "a", "b"], **_PAIR, votes={**_INT, "minimum": 1, "default": DEFAULT_VOTES}),
     "RankRequest": _body(["question", "responses"], **_LIST, method={"enum": list(METHODS)}, swap=_BOOL),
     "BestOfNRequest": _body(["question", "responses"], **_LIST, swap=_BOOL),
+    "PromptRequest": {"type": "object", "additionalProperties": False, "required": ["question", "a", "b"],
+                      "properties": {"question": _STR, **_PAIR, **{k: v for k, v in _SETTINGS.items() if k != "stream"}}},
+    "PromptView": {"type": "object", "properties": {"text": _STR, "tokens": {"type": "array", "items": _INT},
+                                                    "model": {"type": ["object", "null"]}}},
     "Judgment": _JUDGMENT,
     "Comparison": _COMPARISON,
     "CompareResult": _result(winner={"enum": ["a", "b", "tie"]}, p_a=_NUM),
@@ -131,6 +135,15 @@ def openapi_document() -> dict[str, Any]:
             "/v1/vote": _operation("vote", "VoteRequest", "VoteResult", "Majority of k sampled judgments (one order)."),
             "/v1/rank": _operation("rank", "RankRequest", "RankResult", "Rank responses, best first."),
             "/v1/best-of-n": _operation("best-of-n", "BestOfNRequest", "BestOfNResult", "The best response by knockout."),
+            "/v1/prompt": {"post": {
+                "operationId": "prompt",
+                "summary": "Exactly what the model is fed for the order a, b: the text and its token ids (nothing is generated).",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("PromptRequest")}}},
+                "responses": {code: answer for code, answer in _responses({
+                    "description": "The prompt (what `gram-local prompt --json` prints).",
+                    "content": {"application/json": {"schema": _ref("PromptView")}},
+                }).items() if code != "504"},
+            }},
             "/v1/batch": {"post": {
                 "operationId": "batch",
                 "summary": "JSONL tasks in (the rows of `gram-local batch`), one record per task out as each finishes.",
