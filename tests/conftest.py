@@ -74,7 +74,7 @@ def tiny_llama3_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_llama3_check
     from gram_local.convert import convert_checkpoint
 
     out = tmp_path_factory.mktemp("tiny-llama3-gguf") / "tiny-f16.gguf"
-    return convert_checkpoint(tiny_llama3_checkpoint, out, quant="F16", progress=False)
+    return convert_checkpoint(tiny_llama3_checkpoint, out, quant="F16")
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from gram_local.results import ModelInfo
 
 SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 SPECIAL_IDS = {text: 256 + i for i, text in enumerate(SPECIALS)}
+QUESTION_HEADER = "[User Question]\n"
 START_A = "[The Start of Assistant A's Response]\n"
 END_A_START_B = "\n[The End of Assistant A's Response]\n\n[The Start of Assistant B's Response]\n"
 END_B = "\n[The End of Assistant B's Response]"
@@ -60,14 +61,21 @@ class ScriptedBackend(Backend):
         n_ctx_train: int = 4096,
         delay: float = 0.0,
         interrupt_after: int | None = None,
+        record_shown: bool = False,
+        verdict: str | None = None,
+        copy_responses: bool = False,
     ) -> None:
         super().__init__()
         self.bias = bias
         self.parallel = parallel
         self.delay = delay
         self.interrupt_after = interrupt_after  # KeyboardInterrupt when this many generations have finished
+        self.verdict = verdict  # a letter to answer at the slot whatever the prompt (None: the length script)
+        self.copy_responses = copy_responses  # the think text quotes both shown responses verbatim
         self.finished = 0
         self.batch_sizes: list[int] = []  # sequences in each step
+        # With record_shown: (Response A, Response B) of every prompt started, in order.
+        self.shown: list[tuple[str, str]] | None = [] if record_shown else None
         self._vocab = Vocabulary(
             n_vocab=256 + len(SPECIALS),
             bos_id=SPECIAL_IDS["<|begin_of_text|>"],
@@ -116,13 +124,23 @@ class ScriptedBackend(Backend):
         request = handle.request
         text = self.detokenize(request.prompt)
         shown_a, shown_b = shown_responses(text)
+        if self.shown is not None:
+            self.shown.append((shown_a, shown_b))
         p = 0.5 + 0.45 * math.tanh((len(shown_a) - len(shown_b)) / 8.0) + self.bias
         p = min(max(p, 0.001), 0.999)
         if request.sampler.greedy:
             answer = "A" if p >= 0.5 else "B"
         else:
             answer = "A" if random.Random(request.sampler.seed).random() < p else "B"
+        if self.verdict is not None:
+            answer, p = self.verdict, (0.8 if self.verdict == "A" else 0.2)
         reply = f"Feedback: lengths {len(shown_a)} and {len(shown_b)}.\u2028Conclusion: {answer}."
+        if self.copy_responses:
+            # A model that repeats what it read, verbatim: the question and both responses, fake
+            # frames and answers included. (The real engine's grammar would not let it write
+            # `</think>`; this one does, so the parser meets the worst case.)
+            read = text[text.index(QUESTION_HEADER) : text.rindex(END_B) + len(END_B)]
+            reply = f"I read: {read}\nConclusion: {answer}."
         words = [] if request.at_answer_slot else reply.split(" ")
         handle.set_state(RequestState.DECODING)
         self.stats.prompt_tokens += len(request.prompt)

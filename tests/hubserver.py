@@ -13,7 +13,9 @@ real `huggingface_hub` client (set `HF_ENDPOINT` to `FakeHub.url`). What `huggin
   client turns into its typed exceptions.
 
 Faults for tests: `cut_once(repo, path, after=N)` drops the connection after N bytes of the next
-full GET of that file; `put_file` replaces a file's bytes under the same commit (a corrupted mirror).
+full GET of that file; `fail_downloads(repo, path, after=N, then=...)` does the same and then fails
+every later GET of it (an HTTP error, or a connection dropped before any byte) until `heal`;
+`put_file` replaces a file's bytes under the same commit (a corrupted mirror).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class FakeHub:
     def __init__(self) -> None:
         self._repos: dict[str, _Repo] = {}
         self._cuts: dict[tuple[str, str], int] = {}
+        self._failing: dict[tuple[str, str], list[int | None]] = {}  # [cut of the next full GET, then]
         self._lock = threading.Lock()
         self.requests: list[Request] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -122,6 +125,17 @@ class FakeHub:
         with self._lock:
             self._cuts[(repo_id, path)] = after
 
+    def fail_downloads(self, repo_id: str, path: str, *, after: int, then: int | None = 500) -> None:
+        """The next GET of `path` from byte 0 sends `after` bytes and drops the connection; every GET of
+        it after that (a resumed one too) is answered with HTTP `then`, or with `then=None` dropped
+        before any byte of the body, until `heal`. HEAD requests still answer: the file exists."""
+        with self._lock:
+            self._failing[(repo_id, path)] = [after, then]
+
+    def heal(self, repo_id: str, path: str) -> None:
+        with self._lock:
+            self._failing.pop((repo_id, path), None)
+
     def downloads(self, path_suffix: str) -> list[Request]:
         """The GET requests for files whose URL ends with `path_suffix`."""
         return [
@@ -140,6 +154,18 @@ class FakeHub:
     def _take_cut(self, repo_id: str, path: str) -> int | None:
         with self._lock:
             return self._cuts.pop((repo_id, path), None)
+
+    def _download_fault(self, repo_id: str, path: str, start: int | None) -> tuple[str, int] | None:
+        """("cut", bytes to send) or ("status", HTTP status) for a GET of a failing file; None if it is not."""
+        with self._lock:
+            failing = self._failing.get((repo_id, path))
+            if failing is None:
+                return None
+            first_cut, then = failing
+            if start is None and first_cut is not None:
+                failing[0] = None
+                return "cut", first_cut
+            return ("status", then) if then is not None else ("cut", 0)
 
 
 def _split_repo(rest: str) -> tuple[str, str]:
@@ -244,6 +270,10 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            fault = hub._download_fault(repo_id, filename, start) if send_body else None
+            if fault is not None and fault[0] == "status":
+                self._server_error(fault[1])
+                return
             status = 200 if start is None else 206
             body = data if start is None else data[start:]
             self.send_response(status)
@@ -260,6 +290,8 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if not send_body:
                 return
             cut = hub._take_cut(repo_id, filename) if start is None else None
+            if fault is not None:
+                cut = fault[1]
             if cut is not None:
                 self.wfile.write(body[:cut])
                 self.wfile.flush()
@@ -275,6 +307,14 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
+
+        def _server_error(self, status: int) -> None:
+            body = json.dumps({"error": f"fault injected by the test hub ({status})"}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def _error(self, status: int, code: str, *, commit: str | None = None) -> None:
             body = json.dumps({"error": code}).encode()

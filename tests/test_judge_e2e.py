@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from helpers import assert_near_tie, make_judge
 
-from gram_local.config import EngineSettings
+from gram_local.config import ANSWER_MARGIN, EngineSettings
 from gram_local.engine import Engine, GenerationRequest, SamplerSpec
 from gram_local.errors import ContextOverflowError, InputError
 from gram_local.grammar import parse_reply
@@ -119,6 +119,27 @@ def test_bad_inputs_are_clear_errors(judge) -> None:
         judge.rank(QUESTION, [GOOD])
     with pytest.raises(ContextOverflowError, match=r"tokens, over the limit of \d+"):
         judge.compare(QUESTION, GOOD * 60, BAD, n_ctx=512)
+
+
+def test_a_prompt_over_the_context_names_its_exact_size_and_limit(judge) -> None:
+    """The numbers of the error are exact: N is the rendered prompt's token count, and the limit is
+    what ContextOverflowError says, the context (--ctx) less the think budget and ANSWER_MARGIN."""
+    long = GOOD * 60
+    ctx = 512
+    settings = dataclasses.replace(judge.settings, n_ctx=ctx)
+    n_tokens = len(judge.renderer.prompt_tokens(QUESTION, long, BAD, settings))
+    limit = ctx - settings.max_think_tokens - ANSWER_MARGIN
+    assert settings.max_think_tokens == 24 and limit == 472 < n_tokens
+    with pytest.raises(ContextOverflowError) as raised:
+        judge.compare(QUESTION, long, BAD, n_ctx=ctx)
+    assert (raised.value.n_tokens, raised.value.limit) == (n_tokens, limit)
+    assert str(raised.value).startswith(f"the prompt is {n_tokens} tokens, over the limit of {limit} tokens ")
+    # The limit is the boundary: a context just big enough takes the prompt, one token less does not.
+    enough = n_tokens + settings.max_think_tokens + ANSWER_MARGIN
+    assert judge.prompt(QUESTION, long, BAD, n_ctx=enough).tokens == judge.renderer.prompt_tokens(QUESTION, long, BAD, settings)
+    with pytest.raises(ContextOverflowError) as short:
+        judge.prompt(QUESTION, long, BAD, n_ctx=enough - 1)
+    assert (short.value.n_tokens, short.value.limit) == (n_tokens, n_tokens - 1)
 
 
 def test_answer_slot_probability_matches_a_fresh_decode(smollm2_path, smollm2_judge) -> None:

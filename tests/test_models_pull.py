@@ -72,8 +72,17 @@ def env(tmp_path: Path, hub: FakeHub) -> dict[str, str]:
     }
 
 
-def gram(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", CLI, *args], env=env, capture_output=True, text=True, timeout=300)
+# huggingface_hub waits a second before each retry of a broken transfer (five in a row without new
+# bytes); tests that break transfers for good skip the waits, not the retries.
+NO_RETRY_WAITS = (
+    "import time, types, huggingface_hub.file_download as fd; "
+    "fd.time = types.SimpleNamespace(**{**vars(time), 'sleep': lambda seconds: None}); "
+)
+
+
+def gram(env: dict[str, str], *args: str, no_retry_waits: bool = False) -> subprocess.CompletedProcess[str]:
+    code = (NO_RETRY_WAITS if no_retry_waits else "") + CLI
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 def store(env: dict[str, str]) -> ModelStore:
@@ -139,6 +148,52 @@ def test_unpinned_pull_resumes_after_a_cut_connection(env: dict[str, str], hub: 
     assert model.source["files"] == source_files(checkpoint)
     cached = Path(env["HF_HOME"]) / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / commit / SHARD
     assert sha256_of(cached) == sha256_of(checkpoint / SHARD)
+
+
+@pytest.mark.parametrize("then", [500, None], ids=["then-http-500", "then-dropped"])
+def test_a_download_that_keeps_failing_is_one_clear_error_and_its_bytes_are_kept_for_a_rerun(
+    env: dict[str, str], hub: FakeHub, checkpoint: Path, then: int | None
+) -> None:
+    """The link breaks for good partway through the large shard: every retry fails (HTTP 500, or the
+    connection drops before a byte). One error line, nothing registered, and the bytes received so far
+    stay in the Hugging Face cache, so the next pull continues from there instead of starting over."""
+    data = (checkpoint / SHARD).read_bytes()
+    hub.fail_downloads(REPO, SHARD, after=12_000_000, then=then)
+    failed = gram(env, "pull", "tiny", "--quant", "BF16", no_retry_waits=True)
+    assert failed.returncode == 1, failed.stderr
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and failed.stderr.endswith(errors[0] + "\n") and "Traceback" not in failed.stderr
+    match = re.fullmatch(
+        rf"error: cannot pull tiny: downloading {SHARD} failed: (.+); (\d+) of (\d+) bytes are kept in the "
+        r"Hugging Face cache \((.+)\): rerun the same command to resume",
+        errors[0],
+    )
+    assert match is not None, errors[0]
+    reason, kept, size, part = match.group(1), int(match.group(2)), int(match.group(3)), Path(match.group(4))
+    if then == 500:
+        assert reason.startswith("the hub answered HTTP 500 Internal Server Error"), reason
+    else:
+        assert reason.startswith(f"the connection to {hub.url} broke off ("), reason
+    assert size == len(data) and 0 < kept <= 12_000_000
+    assert part.name == f"{hashlib.sha256(data).hexdigest()}.incomplete"
+    assert part.read_bytes() == data[:kept]  # what arrived, and nothing else
+    assert store(env).list() == []  # nothing registered
+    snapshots = Path(env["HF_HOME"]) / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots"
+    assert not list(snapshots.glob(f"*/{SHARD}"))  # no snapshot file for the shard
+    first, *retries = hub.downloads(SHARD)
+    assert first.range is None and retries and all(r.range == f"bytes={kept}-" for r in retries)
+
+    # The link is back: the same command asks only for the missing bytes, once, and finishes.
+    hub.heal(REPO, SHARD)
+    before = len(hub.downloads(SHARD))
+    pulled = gram(env, "pull", "tiny", "--quant", "BF16")
+    assert pulled.returncode == 0, pulled.stderr
+    assert [r.range for r in hub.downloads(SHARD)[before:]] == [f"bytes={kept}-"]
+    assert not part.exists()
+    model = store(env).get("tiny", "BF16")
+    assert model is not None and model.source["files"] == source_files(checkpoint)
+    (cached,) = snapshots.glob(f"*/{SHARD}")
+    assert sha256_of(cached) == hashlib.sha256(data).hexdigest()
 
 
 def test_a_wrong_hash_names_both_and_keeps_the_stored_model(

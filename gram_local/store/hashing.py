@@ -17,7 +17,7 @@ from pathlib import Path
 from gram_local.paths import hash_cache_path
 from gram_local.store.atomic import write_atomic
 
-__all__ = ["CHUNK_SIZE", "copy_hashing", "remember_sha256", "sha256_file"]
+__all__ = ["CHUNK_SIZE", "copy_hashing", "hash_file", "remember_sha256", "sha256_file"]
 
 CHUNK_SIZE = 4 * 1024 * 1024
 _CACHE_VERSION = 1
@@ -33,7 +33,7 @@ def sha256_file(path: str | os.PathLike[str], *, use_cache: bool = True) -> str:
         hit = _load_cache().get(key)
         if isinstance(hit, list) and len(hit) == 4 and hit[:3] == stamp and isinstance(hit[3], str):
             return hit[3]
-    digest = _hash(Path(key))
+    digest = hash_file(Path(key))
     _remember(key, stamp, digest)
     return digest
 
@@ -62,7 +62,8 @@ def _identity(path: str | os.PathLike[str]) -> tuple[str, list[int]]:
     return str(resolved), [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def _hash(path: Path) -> str:
+def hash_file(path: Path) -> str:
+    """The hex SHA-256 of a file, read now and not remembered (a file still changing, say)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(CHUNK_SIZE):
