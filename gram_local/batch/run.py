@@ -162,7 +162,7 @@ def _judge_all(
         except OSError as exc:  # disk full, quota, a vanished mount: what was written stays
             raise BatchOutputError(
                 f"cannot write {appender.path}: {exc.strerror or exc}; the {summary.judged} record(s) written "
-                "before it are kept: make room and rerun the same command to resume"
+                "before it are kept: once it can be written (space, quota, a file-size limit), rerun the same command to resume"
             ) from exc
         if progress is not None:
             progress.advance(ok)
