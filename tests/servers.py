@@ -68,11 +68,12 @@ def free_port() -> int:
 class LlamaServer:
     """One llama-server process on a free loopback port."""
 
-    def __init__(self, binary: Path, model: Path, *, slots: int = 1, ctx_per_slot: int = 2048, log: Path | None = None) -> None:
+    def __init__(self, binary: Path, model: Path, *, slots: int = 1, ctx_per_slot: int = 2048, threads: int = 1,
+                 log: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
-                "-c", str(ctx_per_slot * slots), "-np", str(slots), "-fa", "off", "-t", "1", "--no-webui"]
+                "-c", str(ctx_per_slot * slots), "-np", str(slots), "-fa", "off", "-t", str(threads), "--no-webui"]
         if amx_compiled():  # the weights as the local engine holds them: AMX buffers crash (issue 20824)
             args.append("--no-repack")
         self._log = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
