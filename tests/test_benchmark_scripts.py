@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("module", ["peer_bench", "seed_gpu", "memory", "kv_layout", "no_think_agreement", "service_load"])
+@pytest.mark.parametrize("module", ["peer_bench", "seed_gpu", "memory", "kv_layout", "no_think_agreement", "service_load", "remote_batch"])
 def test_benchmark_modules_import(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     sys.modules.pop(module, None)
