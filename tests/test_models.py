@@ -83,8 +83,8 @@ def test_sha256_file_is_cached_by_path_size_and_mtime(
     assert hashing.sha256_file(f) == sha256_of(f)
 
     calls = []
-    real = hashing._hash
-    monkeypatch.setattr(hashing, "_hash", lambda p: calls.append(p) or real(p))
+    real = hashing.hash_file
+    monkeypatch.setattr(hashing, "hash_file", lambda p: calls.append(p) or real(p))
     assert hashing.sha256_file(f) == sha256_of(f)
     assert calls == []  # served from the cache
     assert hashing.sha256_file(f, use_cache=False) == sha256_of(f)
@@ -224,7 +224,7 @@ def test_a_registered_model_is_not_hashed_again_to_resolve_it(
     def no_hashing(path: Path) -> str:
         raise AssertionError(f"{path} was hashed again")
 
-    monkeypatch.setattr(hashing, "_hash", no_hashing)
+    monkeypatch.setattr(hashing, "hash_file", no_hashing)
     assert resolve_model("judge").sha256 == sha256_of(q8)
 
 
