@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -9,6 +10,7 @@ import re
 import urllib.parse
 from collections.abc import Iterator
 from html.parser import HTMLParser
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from gram_local.service.bodies import _COMMON, _FIELDS, PROMPT_FIELDS, Limits, p
 from gram_local.service.openapi import openapi_document  # noqa: E402
 from gram_local.service.server import check_bind  # noqa: E402
 from gram_local.service.state import ServiceOptions, ServiceState  # noqa: E402
+from gram_local.service.streams import ThinkQueue, judge_events  # noqa: E402
 from gram_local.service.worker import JudgeWorker  # noqa: E402
 
 LIMITS = Limits(max_responses=4, max_votes=5, max_think_tokens=64)
@@ -120,6 +123,52 @@ def test_streamed_compare_sends_think_deltas_per_order_then_the_result(service: 
         deltas = [d for n, d in events if n == "think" and d["index"] == index]
         assert deltas and {d["order"] for d in deltas} == {order}
         assert result["judgments"][index]["output"].startswith("<think>\n" + "".join(d["delta"] for d in deltas))
+
+
+class _SlowClientWorker:
+    """The two things `judge_events` asks of a worker: an outcome to await, nothing else."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+
+    async def outcome(self, future: Any, *, deadline: float | None = None) -> CompareResult:
+        await self.done.wait()
+        return CompareResult(winner="a", p_a=0.9, judgments=[])
+
+
+def test_think_text_that_arrives_while_a_slow_client_reads_is_sent_before_the_result() -> None:
+    """The judgment can end while the stream waits on its reader; what the model wrote meanwhile
+    must still reach the client, ahead of the verdict (it was once dropped)."""
+
+    async def scenario() -> list[tuple[str, dict[str, Any]]]:
+        worker = _SlowClientWorker()
+        thinks = ThinkQueue(asyncio.get_running_loop())
+        call = parse_call("compare", PAIR | {"swap": True, "stream": True}, LIMITS)
+        watch = SimpleNamespace(stamp=lambda result: result)
+        ticket = SimpleNamespace(release=lambda: None)
+        events = judge_events(worker, call, SimpleNamespace(done=lambda: True), thinks,  # type: ignore[arg-type]
+                              watch, ticket, None, {})  # type: ignore[arg-type]
+        thinks(0, "first ")
+        received = [await events.__anext__()]
+        # The reader is slow: before it asks for more, the rest of both thinks arrives and the
+        # judgment ends.
+        for index, text in [(0, "second "), (1, "other "), (0, "third")]:
+            thinks(index, text)
+        worker.done.set()
+        await asyncio.sleep(0.01)
+        received += [chunk async for chunk in events]
+        parsed = []
+        for chunk in received:
+            name, data = chunk.decode().strip().split("\n")
+            parsed.append((name.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+        return parsed
+
+    events = asyncio.run(scenario())
+    assert [name for name, _ in events] == ["think", "think", "think", "result"]
+    text = {0: "", 1: ""}
+    for _, data in events[:-1]:
+        text[data["index"]] += data["delta"]
+    assert text == {0: "first second third", 1: "other "}
 
 
 def test_batch_streams_one_record_per_task_bad_rows_included(service: tuple[TestClient, ServiceState]) -> None:

@@ -98,13 +98,16 @@ async def judge_events(worker: JudgeWorker, call: JudgeCall, future: ProgramFutu
                 first = getter.result()
             else:
                 getter.cancel()
-            if outcome.done():
+            # Decide "last round" before draining: the outcome may finish while a `yield` below
+            # waits on a slow client, and text queued meanwhile must still go out before the verdict.
+            finished = outcome.done()
+            if finished:
                 # Text the engine thread handed over just before the end may still sit in the
                 # loop's callback queue: let those callbacks run, then send it before the verdict.
                 await asyncio.sleep(0)
             for index, delta in sorted(thinks.drain(first).items()):
                 yield sse("think", {"index": index, "order": call.order_of(index), "delta": delta})
-            if outcome.done():
+            if finished:
                 break
         error = outcome.exception()
         if error is None:
