@@ -12,8 +12,10 @@ import pytest
 from vllm_stub import LOGPROB_A, LOGPROB_B, RATIONALE, VllmStub
 
 from gram_local import connect_judge
+from gram_local.backend import GenerationRequest, SamplerSpec
 from gram_local.config import JudgeSettings, RemoteSettings
 from gram_local.errors import BackendError
+from gram_local.remote.base import Think, check_think_reply
 from gram_local.remote.openai import grammar_field, parse_version
 
 QUESTION, A, B = "What is 2+2?", "4", "5"
@@ -29,6 +31,24 @@ def stub(request: pytest.FixtureRequest, smollm2_path: Path) -> Iterator[VllmStu
 def openai_judge(model: Path, url: str, budget: int = 64) -> Any:
     return connect_judge(model, backend="openai", settings=JudgeSettings(max_think_tokens=budget),
                          remote=RemoteSettings(base_urls=(url,), retries=0))
+
+
+@pytest.mark.parametrize(("text", "n_tokens", "ok"), [
+    ("reasons</think>\n<answer>\n", 3, True),    # closed at the end: the answer slot comes next
+    ("reasons cut by the budget", 8, True),       # the budget ended it, nothing closed
+    ("reasons</think>\n<ans", 8, True),          # the budget cut the closing itself
+    ("stopped early", 3, False),                  # an end of generation before the budget: no grammar
+    ("a</think> then more text", 8, False),       # a closing inside the text
+    ("a</think>\n<answer>\nA</think>\n<answer>\n", 8, False),  # two closings
+])
+def test_a_think_reply_must_follow_the_grammar(text: str, n_tokens: int, ok: bool) -> None:
+    request = GenerationRequest(prompt=[1], sampler=SamplerSpec(), max_think_tokens=8)
+    think = Think(tokens=list(range(n_tokens)), stopped="eos")
+    if ok:
+        check_think_reply(text, think, request)
+    else:
+        with pytest.raises(BackendError, match="did not enforce the reply format"):
+            check_think_reply(text, think, request)
 
 
 def test_versions_choose_the_grammar_field() -> None:

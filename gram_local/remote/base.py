@@ -65,6 +65,23 @@ def pair_logprobs(top: Iterable[tuple[int, float]], token_a: int, token_b: int) 
     return found[token_a], found[token_b]
 
 
+def check_think_reply(text: str, think: Think, request: GenerationRequest) -> None:
+    """A think text must follow the grammar: closed exactly at its end, or cut by the budget with
+    no closing inside. Anything else means the server did not apply the grammar."""
+    close_at = text.find(THINK_CLOSE)
+    if reached_answer_slot(text):
+        closed_early = False
+    elif close_at >= 0:
+        closed_early = not ANSWER_OPEN.startswith(text[close_at + len(THINK_CLOSE):]) or len(think.tokens) < request.max_think_tokens
+    else:
+        closed_early = len(think.tokens) < request.max_think_tokens
+    if closed_early:
+        raise BackendError(
+            f"the server did not enforce the reply format (the think text stopped with {think.stopped!r} after "
+            f"{len(think.tokens)} of {request.max_think_tokens} tokens: {text[-80:]!r}); refusing to read a verdict from it"
+        )
+
+
 class RemoteBackend(GGUFVocabulary, Backend):
     """A backend whose model runs on one or more servers reached over HTTP."""
 
@@ -137,7 +154,7 @@ class RemoteBackend(GGUFVocabulary, Backend):
                 think = self._think(lease, request)
                 generated, pin = think.tokens, think.pin
                 text = self.vocab.detokenize(generated)
-                self.check_reply(text, think, request)
+                check_think_reply(text, think, request)
                 self.emit_pieces(handle, generated)
             if not reached_answer_slot(text):
                 closing = forced_close_text(text)
@@ -161,22 +178,6 @@ class RemoteBackend(GGUFVocabulary, Backend):
         """Before a forced closing: a server that can should evaluate the last generated token on
         its own, as the local engine does (the closing then follows as one batch, and the answer
         slot's logits match). By default nothing."""
-
-    def check_reply(self, text: str, think: Think, request: GenerationRequest) -> None:
-        """A think text must follow the grammar: closed exactly at its end, or cut by the budget with
-        no closing inside. Anything else means the server did not apply the grammar."""
-        close_at = text.find(THINK_CLOSE)
-        if reached_answer_slot(text):
-            closed_early = False
-        elif close_at >= 0:
-            closed_early = not ANSWER_OPEN.startswith(text[close_at + len(THINK_CLOSE):]) or len(think.tokens) < request.max_think_tokens
-        else:
-            closed_early = len(think.tokens) < request.max_think_tokens
-        if closed_early:
-            raise BackendError(
-                f"the server did not enforce the reply format (the think text stopped with {think.stopped!r} after "
-                f"{len(think.tokens)} of {request.max_think_tokens} tokens: {text[-80:]!r}); refusing to read a verdict from it"
-            )
 
     def check_cancel(self, handle: RequestHandle) -> None:
         if handle.cancel_requested or handle.done():
