@@ -6,7 +6,8 @@
 #
 # Needs in .gpu/ (git-ignored, carried): llama-cpp-python-0.3.36-trim.tgz (the sdist without
 # .git, vendor/llama.cpp/{models,docs,benches,tests,examples,tools/ui}), the wheels of packages
-# the machine lacks (diskcache, gguf, tqdm), and the Llama-3 tokenizer.json.
+# the machine lacks (diskcache, gguf, tqdm; pytest, pluggy, iniconfig for the gpu-marked tests), and the
+# Llama-3 tokenizer.json.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 repo="$PWD"
@@ -50,6 +51,15 @@ GRAM_LOCAL_LLAMA_LOG=1 timeout 300 python3 -X faulthandler "$repo/scripts/cuda_p
 echo "probe exit $?; last stage started:"; grep '^STAGE' "$out/cuda-probe.out" | tail -1
 grep -E '^(ok|all stages)' "$out/cuda-probe.out" | tail -3; tail -30 "$out/cuda-probe.err"
 
+
+step "the gpu-marked tests (CPU vs offloaded P(A), doctor and bench offloaded) on the 3B-shaped model"
+if python3 -c "import pytest" 2>/dev/null; then
+    ( cd "$repo" && GRAM_LOCAL_GPU_TEST_MODEL=/tmp/3b-q4_k_m.gguf timeout 600 python3 -m pytest -q -m gpu -p no:cacheprovider \
+          tests/test_gpu_offload.py ) > "$out/pytest-gpu.txt" 2>&1
+    tail -15 "$out/pytest-gpu.txt"
+else
+    echo "pytest is not installed here: carry its wheels (pytest, pluggy, iniconfig) in .gpu/ to run tests/test_gpu_offload.py"
+fi
 
 step "gram-local bench, all layers offloaded (prompt-lookup drafts off)"
 timeout 150 python3 -X faulthandler -m gram_local bench --model /tmp/3b-q4_k_m.gguf --n-gpu-layers 999 \
