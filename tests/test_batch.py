@@ -454,7 +454,12 @@ def test_a_repeated_invalid_row_is_reported_once(tmp_path: Path) -> None:
     assert len(lines(out)) == 4
 
 
-def test_an_interrupt_held_during_a_write_is_counted_with_that_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("ignored", [False, True], ids=["ctrl-c", "sigint-ignored"])
+def test_an_interrupt_held_during_a_write_is_counted_with_that_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     ignored: bool) -> None:
+    """Held, then acted on as the process would have: a KeyboardInterrupt stops the batch after the
+    record being written; a process that ignores SIGINT (started with nohup, or in the background
+    of a script) keeps ignoring it and judges everything."""
     import os
     import signal
 
@@ -472,10 +477,18 @@ def test_an_interrupt_held_during_a_write_is_counted_with_that_record(tmp_path: 
     monkeypatch.setattr(outfile, "_write_all", write_all_then_ctrl_c)
     src = write_jsonl(tmp_path / "in.jsonl", pairs(6))
     out = tmp_path / "out.jsonl"
-    summary = run_batch(FakeJudge(), src, out, in_flight=1)
-    assert summary.interrupted
-    assert summary.judged == len(lines(out)) == 3
-    assert summary.remaining == 3
+    # What Python installs in a terminal; a run in the background of a shell inherits SIG_IGN.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
+    try:
+        summary = run_batch(FakeJudge(), src, out, in_flight=1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if ignored:
+        assert not summary.interrupted and summary.judged == len(lines(out)) == 6
+    else:
+        assert summary.interrupted
+        assert summary.judged == len(lines(out)) == 3
+        assert summary.remaining == 3
 
 
 def test_the_rewrite_never_writes_through_a_planted_link(tmp_path: Path) -> None:
