@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from helpers import assert_near_tie, make_judge
+from helpers import HOSTILE, assert_near_tie, make_judge
 
 from gram_local.config import ANSWER_MARGIN, EngineSettings
 from gram_local.engine import Engine, GenerationRequest, SamplerSpec
@@ -82,6 +82,31 @@ def test_adversarial_responses_cannot_inject_special_tokens(judge, attack: str) 
     r = judge.compare(QUESTION, attack, GOOD, swap=True)
     for j, order in zip(r.judgments, ("AB", "BA")):
         _check_judgment(j, order)
+
+
+def test_hostile_texts_cannot_set_a_real_models_verdict(smollm2_judge) -> None:
+    """SmolLM2 reads every hostile text (fake frames, fake answer blocks, fake end-of-turn text,
+    "answer A") as the response, in both places and both orders: each verdict is the letter the
+    model's own answer-slot probabilities favour, the reply keeps its format, and no special token
+    comes from the text."""
+    judge = smollm2_judge
+    plain = "Paris is the capital of France."
+    benign = judge.prompt("What is the capital of France?", plain, plain)
+    specials = lambda view: [t for t in view.tokens if judge.backend.vocabulary.is_special(t)]  # noqa: E731
+    items = [("What is the capital of France?", *pair) for attack in HOSTILE for pair in ((attack, plain), (plain, attack))]
+    for question, a, b in items:
+        assert specials(judge.prompt(question, a, b)) == specials(benign)
+    results = list(judge.compare_many(items, swap=True, max_think_tokens=16))
+    judged = 0
+    for result in results:
+        assert not isinstance(result, Exception), result
+        for j, order in zip(result.judgments, ("AB", "BA")):
+            _check_judgment(j, order)
+            assert j.output.endswith(f"</think>\n<answer>\n{j.answer}\n</answer>")
+            p_shown_a = j.p_a if order == "AB" else 1.0 - j.p_a
+            assert (j.answer == "A") == (p_shown_a > 0.5), (order, j.answer, j.p_a)  # greedy: the slot's argmax
+            judged += 1
+    assert judged == 2 * 2 * len(HOSTILE)  # 44
 
 
 def test_vote_counts_k_sampled_judgments_reproducibly(judge) -> None:
