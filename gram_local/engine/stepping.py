@@ -158,13 +158,8 @@ class Stepper:
         if seq.at_answer_slot:
             self._answer(seq, row)
             return
-        if len(seq.sampled) >= request.max_think_tokens:
-            closing = forced_close_text(seq.text.decode("utf-8", errors="replace"))
-            seq.forced = self.vocab.tokenize(closing)
-            seq.pending = list(seq.forced)
-            seq.forced_close = True
-            seq.at_answer_slot = True
-            self.stats.forced_tokens += len(seq.forced)
+        if len(seq.sampled) >= request.max_think_tokens:  # a budget of 0 asked of the engine directly
+            self._force_close(seq, [], seq.text.decode("utf-8", errors="replace"))
             return
         assert seq.sampler is not None
         token = self.sampling.sample(seq.sampler, self.kv.context(), row)
@@ -175,12 +170,25 @@ class Stepper:
         seq.pending = [token]
         self.stats.generated_tokens += 1
         seq.handle.emit_text(seq.decoder.decode(piece))
-        if reached_answer_slot(seq.text.decode("utf-8", errors="replace")):
+        text = seq.text.decode("utf-8", errors="replace")
+        if reached_answer_slot(text):
             seq.at_answer_slot = True
-        elif seq.lookup is not None and len(seq.sampled) < request.max_think_tokens:
+        elif len(seq.sampled) >= request.max_think_tokens:
+            # The budget is spent: the last token and the forced closing go in as one feed (a
+            # remote server, which cannot stop at the budget and close in one request, evaluates
+            # them the same way, so the answer slot's logits agree).
+            self._force_close(seq, [token], text)
+        elif seq.lookup is not None:
             seq.lookup.index_upto(len(seq.history) - 1)
             room = request.max_think_tokens - len(seq.sampled)
             seq.drafts = seq.lookup.draft(min(self.max_draft, room))
+
+    def _force_close(self, seq: Sequence, unevaluated: list[int], text: str) -> None:
+        seq.forced = self.vocab.tokenize(forced_close_text(text))
+        seq.pending = [*unevaluated, *seq.forced]
+        seq.forced_close = True
+        seq.at_answer_slot = True
+        self.stats.forced_tokens += len(seq.forced)
 
     def _answer(self, seq: Sequence, row: int) -> None:
         request = seq.handle.request

@@ -159,8 +159,6 @@ class RemoteBackend(GGUFVocabulary, Backend):
             if not reached_answer_slot(text):
                 closing = forced_close_text(text)
                 closing_ids = self.vocab.tokenize(closing)
-                if generated:
-                    self._settle(lease, list(request.prompt) + generated, pin)
         self.check_cancel(handle)
         logprob_a, logprob_b = self._answer_logprobs(lease, list(request.prompt) + generated + closing_ids, pin)
         return Generation(
@@ -173,11 +171,6 @@ class RemoteBackend(GGUFVocabulary, Backend):
             logit_b=logprob_b,
             tokens=generated + closing_ids,
         )
-
-    def _settle(self, lease: Lease, tokens: list[int], pin: Any) -> None:
-        """Before a forced closing: a server that can should evaluate the last generated token on
-        its own, as the local engine does (the closing then follows as one batch, and the answer
-        slot's logits match). By default nothing."""
 
     def check_cancel(self, handle: RequestHandle) -> None:
         if handle.cancel_requested or handle.done():

@@ -126,17 +126,6 @@ class LlamaServerBackend(RemoteBackend):
         pin = (lease.replica, slot) if isinstance(slot, int) and not lease.moved else None
         return Think(tokens, stopped=str(reply.get("stop_type")), pin=pin)
 
-    def _settle(self, lease: Lease, tokens: list[int], pin: Any) -> None:
-        """A request stopped at its budget leaves its last token unevaluated; the local engine
-        evaluates it alone, then the forced closing as one batch. Logits depend slightly on the
-        batch's shape, so evaluate it alone here too (one token on the pinned slot), and the
-        answer request's batch is then the closing alone."""
-        if pin is None or pin[0] is not lease.replica or lease.moved:
-            return
-        body = {"prompt": tokens, "n_predict": 1, "cache_prompt": True, "temperature": 0.0, "samplers": ["temperature"],
-                "id_slot": pin[1], "stream": False}
-        self._count_timings(self.pool.post(lease, "/completion", lambda _: body), generated=False)
-
     def _think_body(self, prompt: list[int], request: GenerationRequest) -> dict[str, Any]:
         sampler = request.sampler
         return {
