@@ -79,7 +79,9 @@ def test_greedy_think_text_and_p_a_equal_the_local_engine_one_sequence_at_a_time
             for ours, served in zip(mine.judgments, theirs.judgments):
                 assert served.rationale == ours.rationale
                 assert served.think_tokens == ours.think_tokens and served.forced_close == ours.forced_close
-                assert served.p_a == pytest.approx(ours.p_a, abs=1e-3)
+                # Same kernels, same batch shapes (a forced closing goes in with the last think
+                # token in both): equal to float rounding (measured 5e-9; 1.8e-4 when they differed).
+                assert served.p_a == pytest.approx(ours.p_a, abs=1e-6)
                 forced += ours.forced_close
             assert theirs.winner == mine.winner
         assert forced > 0  # the budget's forced closing was exercised
