@@ -75,6 +75,23 @@ class ServiceProcess:
                 return int(line.split()[1])
         raise AssertionError("no VmRSS")
 
+    def wait_exit(self, timeout: float = 60.0, *, nudge: int | None = None) -> int:
+        """Wait for the service to exit by itself; with `nudge`, send that signal every 50 ms until it
+        logs "stopped" (a user pressing Ctrl-C again and again while it shuts down; after its last
+        line the interpreter's own teardown takes signals as it always does)."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            if nudge is not None and not any(line.endswith("gram-local stopped") for line in self.lines):
+                self.proc.send_signal(nudge)
+            time.sleep(0.05)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+            self._reader.join(5)
+            raise AssertionError(f"the service did not exit within {timeout} s:\n{self.log}")
+        self._reader.join(5)
+        return self.proc.returncode
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

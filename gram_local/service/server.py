@@ -91,15 +91,13 @@ class _Server(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        """Catch SIGTERM/SIGINT while serving, and keep catching them until the process ends (the
+        service is the process's last act): a signal during the cleanup after uvicorn returns (the
+        model being freed) only repeats the request to stop, it never kills the process half-way."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self.handle_exit)
+        yield
 
 
 def prepare(judge: Judge, n_ctx: int | None, parallel: int) -> int:
