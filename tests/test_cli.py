@@ -140,3 +140,23 @@ def test_compare_stream_shows_each_orders_reasoning_on_stderr_and_the_verdict_on
         assert shown, p.stderr
         # What stderr showed under the label is that judgment's reasoning as generated, line by line.
         assert judgment["output"].startswith("<think>\n" + "\n".join(shown)), (shown, judgment["output"])
+
+
+def test_serve_keeps_its_own_key_apart_from_the_servers_key() -> None:
+    """`serve --api-key` guards the service; the key for remote servers is --server-api-key there
+    (two options of one name once collided: click warned and one key was lost)."""
+    import warnings
+
+    from click.testing import CliRunner
+
+    from gram_local.cli.app import main
+    from gram_local.cli.common import remote_settings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = CliRunner().invoke(main, ["serve", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--api-key" in result.output and "--server-api-key" in result.output
+    url = {"base_urls": ("http://127.0.0.1:9",)}
+    assert remote_settings(url | {"server_api_key": "s3rver"}).api_key == "s3rver"
+    assert remote_settings(url | {"api_key": "k"}).api_key == "k"

@@ -27,6 +27,16 @@ def _opt(*names: str, env_name: str, **kwargs: Any) -> Callable[[F], F]:
 
 
 def judge_options(func: F) -> F:
+    return _judge_options(func, server_key="api_key")
+
+
+def service_judge_options(func: F) -> F:
+    """`judge_options` for `serve`, whose own --api-key guards the service: the remote servers'
+    key is --server-api-key (GRAM_LOCAL_SERVER_API_KEY) there."""
+    return _judge_options(func, server_key="server_api_key")
+
+
+def _judge_options(func: F, *, server_key: str) -> F:
     """The model, sampling, budget and engine options of every judging command (after its name)."""
     options = [
         _opt("--model", "-m", env_name="model", default=config.DEFAULT_MODEL, show_default=True,
@@ -37,7 +47,7 @@ def judge_options(func: F) -> F:
              help="Where the model runs: in this process, on llama-server, or on an OpenAI-compatible server (vLLM, SGLang)."),
         _opt("--base-url", "base_urls", env_name="base_url", multiple=True, metavar="URL",
              help="A server's base URL (repeat for replicas; the variable takes several separated by spaces)."),
-        _opt("--api-key", env_name="api_key", default=None, help="Bearer token for the servers."),
+        _opt("--" + server_key.replace("_", "-"), env_name=server_key, default=None, help="Bearer token for the servers."),
         _opt("--per-replica", env_name="per_replica", type=click.IntRange(min=1), default=None,
              help="Requests in flight per server [default: the server's slots (llama-server), 8 (openai)]."),
         _opt("--request-timeout", env_name="request_timeout", type=click.FloatRange(min=0, min_open=True),
@@ -119,7 +129,7 @@ def remote_settings(opts: dict[str, Any]) -> RemoteSettings:
     """How a remote backend reaches its servers, from the options."""
     return RemoteSettings(
         base_urls=tuple(opts.get("base_urls") or ()),
-        api_key=opts.get("api_key") or None,
+        api_key=opts.get("server_api_key") or opts.get("api_key") or None,
         per_replica=opts.get("per_replica"),
         timeout=opts.get("request_timeout") or config.REMOTE_TIMEOUT,
     )

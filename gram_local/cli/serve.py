@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from gram_local import config
-from gram_local.cli.common import handle_errors, judge_options, open_judge
+from gram_local.cli.common import handle_errors, judge_options, open_judge, service_judge_options
 from gram_local.config import env_name
 from gram_local.errors import InputError
 
@@ -46,7 +46,7 @@ def api_key_from(value: str | None) -> str | None:
               default=config.DEFAULT_DEADLINE, show_default=True, help="Seconds a request (a batch task) may run; then 504.")
 @click.option("--grace", envvar=env_name("grace"), show_envvar=True, type=click.IntRange(min=0),
               default=config.DEFAULT_GRACE, show_default=True, help="Seconds requests in flight get on SIGTERM/SIGINT.")
-@judge_options
+@service_judge_options
 @handle_errors
 def serve_command(host: str, port: int, api_key: str | None, cors_origins: tuple[str, ...], max_queue: int, max_body: int,
                   max_responses: int, max_votes: int, deadline: float, grace: int, **opts: Any) -> None:
