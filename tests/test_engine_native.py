@@ -229,3 +229,17 @@ def test_a_context_too_big_to_allocate_is_retried_with_fewer_sequences() -> None
     assert kv.ensure_most(8, lambda n: 1000 + n) == 2 and made == [(2, 1002)]
     with pytest.raises(ContextAllocationError, match="1 x 5000"):
         kv.ensure_most(8, lambda n: 5000)
+
+
+def test_a_vocabulary_used_after_its_model_is_closed_is_an_error_not_a_crash(smollm2_path: Path) -> None:
+    """A thread still tokenizing after a close (a server's reply arriving late) gets a clear error
+    instead of reading freed memory, which aborted the whole process."""
+    from gram_local.engine.vocab import LlamaVocab
+
+    model = native.LlamaModel(str(smollm2_path), vocab_only=True)
+    vocab = LlamaVocab(model)
+    assert vocab.tokenize("A") == [vocab.token_a]
+    model.close()
+    for use in (lambda: vocab.tokenize("A"), lambda: vocab.piece(vocab.token_a), lambda: vocab.is_eog(0)):
+        with pytest.raises(ModelError, match="after the model was closed"):
+            use()

@@ -20,7 +20,7 @@ At one-token requests it reports fixed log-probabilities for A and B.
 
 from __future__ import annotations
 
-import time
+import threading
 from typing import Any
 
 from servers import StubServer
@@ -49,14 +49,29 @@ class VllmStub:
         self.answer_in_top = answer_in_top
         self.delay = delay  # seconds each completion takes (a busy server)
         self.completions: list[dict[str, Any]] = []
+        # Handler threads outlive the HTTP server's shutdown: the model is freed only under this
+        # lock, and a handler answers 503 instead of tokenizing once it is gone.
+        self._model_lock = threading.Lock()
+        self._closing = threading.Event()
         self.server = StubServer(self.route)
         self.url = self.server.url
 
     def close(self) -> None:
+        self._closing.set()
         self.server.close()
-        self.model.close()
+        with self._model_lock:
+            self.model.close()
 
     def route(self, method: str, path: str, body: Any) -> tuple[int, dict[str, str], Any]:
+        if method == "POST" and path == "/v1/completions":
+            self.completions.append(body)
+            self._closing.wait(self.delay)
+        with self._model_lock:
+            if not self.model.ptr:
+                return 503, {}, {"detail": "the stub is closed"}
+            return self._route(method, path, body)
+
+    def _route(self, method: str, path: str, body: Any) -> tuple[int, dict[str, str], Any]:
         if (method, path) == ("GET", "/version"):
             return 200, {}, {"version": self.version}
         if (method, path) == ("GET", "/v1/models"):
@@ -69,8 +84,6 @@ class VllmStub:
                 tokens = [self.vocab.bos_id, *tokens]
             return 200, {}, {"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens}
         if (method, path) == ("POST", "/v1/completions"):
-            self.completions.append(body)
-            time.sleep(self.delay)
             return self.complete(body)
         return 404, {}, {"detail": "Not Found"}
 

@@ -24,7 +24,7 @@ class LlamaVocab:
 
     def __init__(self, model: LlamaModel) -> None:
         self._model = model
-        self._ptr = model.vocab_ptr
+        self._vocab_ptr = model.vocab_ptr
         self.n_vocab = int(llama.llama_vocab_n_tokens(self._ptr))
         attrs = np.fromiter(
             (llama.llama_vocab_get_attr(self._ptr, i) for i in range(self.n_vocab)), dtype=np.int64, count=self.n_vocab
@@ -34,6 +34,14 @@ class LlamaVocab:
         self.special_texts = tuple(self.piece(int(i), special=True).decode("utf-8", "replace") for i in self.special_ids)
         self.token_a = self.single_token("A")
         self.token_b = self.single_token("B")
+
+    @property
+    def _ptr(self) -> object:
+        """The vocabulary's pointer, or a clear error once its model is freed (a thread still
+        tokenizing after a close would otherwise read freed memory and abort the process)."""
+        if not self._model.ptr:
+            raise ModelError("the model's vocabulary was used after the model was closed")
+        return self._vocab_ptr
 
     def tokenize(self, text: str, *, special: bool = False, add_bos: bool = False) -> list[int]:
         """Token ids for text; `special=False` never yields a special token from the text."""
