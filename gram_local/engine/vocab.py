@@ -24,10 +24,10 @@ class LlamaVocab:
 
     def __init__(self, model: LlamaModel) -> None:
         self._model = model
-        self._vocab_ptr = model.vocab_ptr
-        self.n_vocab = int(llama.llama_vocab_n_tokens(self._ptr))
+        self._vocab_ptr = vocab = model.vocab_ptr
+        self.n_vocab = int(llama.llama_vocab_n_tokens(vocab))
         attrs = np.fromiter(
-            (llama.llama_vocab_get_attr(self._ptr, i) for i in range(self.n_vocab)), dtype=np.int64, count=self.n_vocab
+            (llama.llama_vocab_get_attr(vocab, i) for i in range(self.n_vocab)), dtype=np.int64, count=self.n_vocab
         )
         self.special_ids = np.flatnonzero(attrs & _SPECIAL_ATTRS).astype(np.int32)
         self.special_set = frozenset(int(i) for i in self.special_ids)
